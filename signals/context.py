@@ -1,0 +1,127 @@
+"""``tracking_context()``: who a task runs for, carried to the worker in message headers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrackingContext", "tracking_context", "current_context", "HEADER_KEYS", "from_headers",
+           "to_headers"]
+
+HEADER_KEYS = {
+    "user_id": "tracker_user_id",
+    "tags": "tracker_tags",
+    "metadata": "tracker_metadata",
+    "task_type": "tracker_task_type",
+}
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    user_id: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    task_type: str | None = None
+
+
+_current: ContextVar[TrackingContext | None] = ContextVar("tracker_context", default=None)
+
+
+def current_context() -> TrackingContext | None:
+    return _current.get()
+
+
+def _check(user_id: Any, tags: Any, metadata: Any, task_type: Any) -> None:
+    if user_id is not None and not isinstance(user_id, str):
+        raise TypeError(f"user_id must be a string, not {type(user_id).__name__}")
+    if task_type is not None and not isinstance(task_type, str):
+        raise TypeError(f"task_type must be a string, not {type(task_type).__name__}")
+    if tags is not None:
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise TypeError("tags must be a list of strings")
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise TypeError(f"metadata must be a mapping, not {type(metadata).__name__}")
+        try:
+            json.dumps(dict(metadata))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+
+
+@contextmanager
+def tracking_context(
+    user_id: str | None = None,
+    tags: list[str] | tuple[str, ...] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    task_type: str | None = None,
+) -> Iterator[TrackingContext]:
+    """Tasks published inside the block carry this user, tags and metadata.
+
+    Nested blocks add tags and metadata to the outer ones and may change the user.
+    """
+    _check(user_id, tags, metadata, task_type)
+    outer = _current.get() or TrackingContext()
+    merged_tags = tuple(dict.fromkeys((*outer.tags, *(tags or ()))))
+    ctx = TrackingContext(
+        user_id=user_id if user_id is not None else outer.user_id,
+        tags=merged_tags,
+        metadata={**outer.metadata, **(metadata or {})},
+        task_type=task_type if task_type is not None else outer.task_type,
+    )
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+def to_headers(ctx: TrackingContext) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if ctx.user_id is not None:
+        out[HEADER_KEYS["user_id"]] = ctx.user_id
+    if ctx.tags:
+        out[HEADER_KEYS["tags"]] = list(ctx.tags)
+    if ctx.metadata:
+        out[HEADER_KEYS["metadata"]] = dict(ctx.metadata)
+    if ctx.task_type is not None:
+        out[HEADER_KEYS["task_type"]] = ctx.task_type
+    return out
+
+
+def _lookup(source: Any, key: str) -> Any:
+    if source is None:
+        return None
+    if isinstance(source, Mapping):
+        value = source.get(key)
+        if value is None and isinstance(source.get("headers"), Mapping):
+            # Celery sometimes nests custom headers one level down.
+            value = source["headers"].get(key)
+        return value
+    value = getattr(source, key, None)
+    if value is None:
+        value = _lookup(getattr(source, "headers", None), key)
+    return value
+
+
+def from_headers(*sources: Any) -> TrackingContext:
+    """Read a context from message headers, a request dict or a task request, in order."""
+    found: dict[str, Any] = {}
+    for name, key in HEADER_KEYS.items():
+        for src in sources:
+            value = _lookup(src, key)
+            if value is not None:
+                found[name] = value
+                break
+    tags = found.get("tags") or ()
+    metadata = found.get("metadata") or {}
+    user_id = found.get("user_id")
+    return TrackingContext(
+        user_id=str(user_id) if user_id is not None else None,
+        tags=tuple(str(t) for t in tags) if isinstance(tags, (list, tuple)) else (),
+        metadata=metadata if isinstance(metadata, Mapping) else {},
+        task_type=found.get("task_type") if isinstance(found.get("task_type"), str) else None,
+    )

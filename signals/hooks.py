@@ -1,0 +1,459 @@
+"""Celery signal receivers that record every task's lifecycle.
+
+Receivers are module-level functions connected with ``weak=False`` and a ``dispatch_uid``;
+``install`` is idempotent (a flag and a lock) and paired with ``uninstall``. Every receiver
+is wrapped by :func:`_guard`: an internal error is logged and swallowed, so a user's task
+never sees it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import resource
+import threading
+import time
+import traceback as tb
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from celery import signals as cs
+
+from signals import logcapture
+from signals.context import TrackingContext, current_context, from_headers, to_headers
+from signals.runtime import ActiveTask, Runtime, runtime_for, shutdown_all
+from tracker.config import TrackerConfig
+from tracker.events import dumps
+
+__all__ = ["install", "uninstall", "is_installed", "config_for", "runtime_for_app", "TaskCancelled"]
+
+logger = logging.getLogger("signals.hooks")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_lock = threading.Lock()
+_installed: dict[int, tuple[Any, TrackerConfig]] = {}
+_connected = False
+_RESULT_LIMIT = 64 * 1024
+PUBLISHED_HEADER = "tracker_published_at"
+
+
+class TaskCancelled(Exception):
+    """Raised inside a ``TrackedTask`` when it was cancelled; ends it as ``cancelled``.
+
+    Let it propagate (``finally`` blocks and ``TrackedTask.on_cancel`` still run); a task
+    that swallows it keeps running.
+    """
+
+
+def _guard(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            logger.warning("celery-tracking: %s failed; the task is not affected", fn.__name__, exc_info=True)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- configuration lookup -------------------------------------------------------------------
+def config_for(app: Any = None) -> TrackerConfig | None:
+    """The configuration installed for ``app`` (or the only/current installed app)."""
+    if not _installed:
+        return None
+    if app is not None:
+        entry = _installed.get(id(app))
+        if entry is not None:
+            return entry[1]
+    if len(_installed) == 1:
+        return next(iter(_installed.values()))[1]
+    from celery import current_app
+
+    entry = _installed.get(id(current_app._get_current_object()))
+    return entry[1] if entry else next(iter(_installed.values()))[1]
+
+
+def runtime_for_app(app: Any = None) -> Runtime | None:
+    config = config_for(app)
+    return runtime_for(config) if config is not None else None
+
+
+def _runtime(sender: Any) -> Runtime | None:
+    app = getattr(sender, "app", None) if sender is not None and not isinstance(sender, str) else None
+    return runtime_for_app(app)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _task_id(headers: Mapping[str, Any] | None, body: Any) -> str | None:
+    if headers and headers.get("id"):
+        return str(headers["id"])
+    if isinstance(body, Mapping) and body.get("id"):  # task message protocol 1
+        return str(body["id"])
+    return None
+
+
+def _maxrss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _jsonable_result(value: Any) -> Any:
+    text = dumps(value)
+    if len(text) > _RESULT_LIMIT:
+        return {"truncated": True, "repr": text[:_RESULT_LIMIT]}
+    import json
+
+    return json.loads(text)
+
+
+def _error_fields(exc: BaseException | None, einfo: Any = None, trace: Any = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if exc is not None:
+        name = type(exc).__name__
+        fields["error_type"] = "worker-lost" if name == "WorkerLostError" else name
+        fields["error_message"] = str(exc)[:10_000]
+    text = getattr(einfo, "traceback", None)
+    if not text and trace is not None and exc is not None:
+        text = "".join(tb.format_exception(type(exc), exc, trace))
+    if text:
+        fields["traceback"] = str(text)
+    return fields
+
+
+def _request_context(request: Any) -> TrackingContext:
+    request_dict = getattr(request, "request_dict", None) or getattr(request, "_request_dict", None)
+    return from_headers(request_dict, request)
+
+
+def _task_type(ctx: TrackingContext, task: Any, name: str | None) -> str | None:
+    return ctx.task_type or getattr(task, "task_type", None) or name
+
+
+# -- producer side ---------------------------------------------------------------------------
+@_guard
+def on_before_task_publish(sender: Any = None, body: Any = None, exchange: Any = None, routing_key: Any = None,
+                           headers: dict[str, Any] | None = None, properties: Any = None, **_: Any) -> None:
+    if headers is None:
+        return
+    task_id = _task_id(headers, body)
+    if task_id is None:
+        return
+    rt = runtime_for_app(None)
+    if rt is None:
+        return
+    ctx = current_context()
+    if ctx is None:
+        # A task published from inside a running task inherits its user and tags.
+        running = logcapture.current_task.get()
+        if running is not None:
+            ctx = TrackingContext(user_id=running.user_id, tags=running.tags)
+    extra = to_headers(ctx) if ctx is not None else {}
+    now = time.time()
+    extra.setdefault(PUBLISHED_HEADER, now)
+    for key, value in extra.items():
+        headers.setdefault(key, value)
+    nested = headers.get("headers")
+    if isinstance(nested, Mapping):
+        headers["headers"] = {**extra, **nested}  # copy: the nested dict may be shared
+    if int(headers.get("retries") or 0) > 0:
+        return  # a retry republished by the worker: task_retry recorded it
+    final = from_headers(headers)
+    name = str(headers.get("task") or sender or "")
+    group = headers.get("group")
+    rt.reporter.pending(
+        task_id,
+        user_id=final.user_id,
+        name=name or None,
+        task_type=final.task_type or name or None,
+        tags=list(final.tags),
+        metadata=dict(final.metadata) or None,
+        queue=routing_key or None,
+        parent_id=headers.get("parent_id"),
+        root_id=headers.get("root_id"),
+        group_id=str(group) if group else None,
+        args=(str(headers.get("argsrepr") or "") + " " + str(headers.get("kwargsrepr") or "")).strip()[:2000] or None,
+        ts=now,
+    )
+
+
+# -- worker main process ---------------------------------------------------------------------
+@_guard
+def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    if request is None:
+        return
+    rt = _runtime(getattr(request, "task", None))
+    if rt is None:
+        return
+    ctx = _request_context(request)
+    delivery = getattr(request, "delivery_info", None) or {}
+    name = getattr(request, "name", None)
+    rt.reporter.received(
+        request.id,
+        name=name,
+        task_type=_task_type(ctx, getattr(request, "task", None), name),
+        user_id=ctx.user_id,
+        tags=list(ctx.tags),
+        worker=getattr(request, "hostname", None),
+        queue=delivery.get("routing_key") if isinstance(delivery, Mapping) else None,
+    )
+
+
+@_guard
+def on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None,
+                    expired: bool = False, **_: Any) -> None:
+    if request is None:
+        return
+    rt = _runtime(sender)
+    if rt is None:
+        return
+    ctx = _request_context(request)
+    reason = "expired" if expired else ("terminated" if terminated else "revoked")
+    rt.reporter.status(request.id, "cancelled", user_id=ctx.user_id, error_type=reason,
+                       error_message=f"task {reason}" + (f" (signal {signum})" if signum else ""),
+                       name=getattr(request, "name", None), reason=reason)
+
+
+@_guard
+def on_task_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    headers = getattr(message, "headers", None) or {}
+    task_id = _task_id(headers, None)
+    rt = runtime_for_app(None)
+    if task_id is None or rt is None:
+        return
+    ctx = from_headers(headers)
+    rt.reporter.status(task_id, "failed", user_id=ctx.user_id, name=headers.get("task"), error_type="rejected",
+                       error_message=str(exc) if exc else "message rejected")
+
+
+@_guard
+def on_task_unknown(sender: Any = None, message: Any = None, exc: Any = None, name: str | None = None,
+                    id: str | None = None, **_: Any) -> None:
+    headers = getattr(message, "headers", None) or {}
+    task_id = id or _task_id(headers, None)
+    rt = runtime_for_app(None)
+    if task_id is None or rt is None:
+        return
+    ctx = from_headers(headers)
+    rt.reporter.status(task_id, "failed", user_id=ctx.user_id, name=name, task_type=ctx.task_type or name,
+                       error_type="unknown-task", error_message=f"no task registered as {name!r}: {exc}")
+
+
+# -- worker pool process ---------------------------------------------------------------------
+@_guard
+def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    task = task or sender
+    if task is None or task_id is None:
+        return
+    rt = _runtime(task)
+    if rt is None:
+        return
+    request = task.request
+    ctx = from_headers(request)
+    name = task.name
+    task_type = _task_type(ctx, task, name) or name
+    tags = tuple(dict.fromkeys((*getattr(task, "tracker_tags", ()), *ctx.tags)))
+    active = ActiveTask(task_id=task_id, name=name, task_type=task_type, user_id=ctx.user_id, tags=tags,
+                        runtime=rt, rss0=_maxrss(), retries=int(request.retries or 0))
+    rt.active[task_id] = active
+    logcapture.current_task.set(active)
+    logcapture.ensure_attached(rt.config.log_level)
+    if rt.bus is not None:
+        rt.bus.watch_control(task_id)
+    delivery = request.delivery_info or {}
+    group = request.group
+    eta = rt.recorder.median_runtime(task_type) if rt.recorder is not None else None
+    rt.reporter.started(
+        task_id,
+        user_id=ctx.user_id,
+        name=name,
+        task_type=task_type,
+        tags=list(tags),
+        metadata=dict(ctx.metadata) or None,
+        ts=active.started_wall,
+        eta_seconds=eta,
+        worker=request.hostname,
+        worker_pid=os.getpid(),
+        retries=active.retries,
+        parent_id=request.parent_id,
+        root_id=request.root_id,
+        group_id=str(group) if group else None,
+        queue=delivery.get("routing_key") if isinstance(delivery, Mapping) else None,
+    )
+    published = getattr(request, PUBLISHED_HEADER, None) or from_headers_value(request, PUBLISHED_HEADER)
+    if isinstance(published, (int, float)):
+        rt.reporter.metric("task.queue_wait", max(0.0, active.started_wall - float(published)), unit="seconds",
+                           task_id=task_id, task_type=task_type, user_id=ctx.user_id, publish=False)
+
+
+def from_headers_value(request: Any, key: str) -> Any:
+    headers = getattr(request, "headers", None)
+    if isinstance(headers, Mapping):
+        value = headers.get(key)
+        if value is None and isinstance(headers.get("headers"), Mapping):
+            value = headers["headers"].get(key)
+        return value
+    return None
+
+
+@_guard
+def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = None, state: Any = None,
+                    **_: Any) -> None:
+    task = task or sender
+    rt = _runtime(task)
+    if rt is None or task_id is None:
+        return
+    active = rt.active.pop(task_id, None)
+    if rt.bus is not None:
+        rt.bus.unwatch_control(task_id)
+    if logcapture.current_task.get() is active:
+        logcapture.current_task.set(None)
+    if active is not None:
+        run_time = time.monotonic() - active.started
+        cpu = time.process_time() - active.cpu0
+        common = {"task_id": task_id, "task_type": active.task_type, "user_id": active.user_id, "publish": False}
+        rt.reporter.metric("task.run_time", run_time, unit="seconds", **common)
+        rt.reporter.metric("task.cpu_time", cpu, unit="seconds", **common)
+        rt.reporter.metric("task.memory_growth", float(max(0, _maxrss() - active.rss0)), unit="bytes", **common)
+        rt.reporter.metric("task.retries", float(active.retries), unit="count", **common)
+    if rt.config.durable:
+        rt.flush(timeout=10.0)
+
+
+def _active(rt: Runtime, task_id: str) -> ActiveTask | None:
+    return rt.active.get(task_id)
+
+
+@_guard
+def on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    if sender is None:
+        return
+    rt = _runtime(sender)
+    task_id = getattr(sender.request, "id", None)
+    if rt is None or task_id is None:
+        return
+    active = _active(rt, task_id)
+    user_id = active.user_id if active else from_headers(sender.request).user_id
+    rt.reporter.status(task_id, "completed", user_id=user_id, progress=100.0, result=_jsonable_result(result),
+                       started_at=active.started_wall if active else None)
+
+
+@_guard
+def on_task_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+                    traceback: Any = None, einfo: Any = None, **_: Any) -> None:
+    rt = _runtime(sender)
+    if rt is None or task_id is None:
+        return
+    active = _active(rt, task_id)
+    user_id = active.user_id if active else from_headers(getattr(sender, "request", None)).user_id
+    fields = _error_fields(exception, einfo, traceback)
+    if isinstance(exception, TaskCancelled):
+        rt.reporter.status(task_id, "cancelled", user_id=user_id, reason="cancelled", **fields)
+        return
+    rt.reporter.status(task_id, "failed", user_id=user_id, name=getattr(sender, "name", None), **fields)
+
+
+@_guard
+def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
+    rt = _runtime(sender)
+    if rt is None or request is None:
+        return
+    task_id = request.id
+    active = _active(rt, task_id)
+    user_id = active.user_id if active else from_headers(request).user_id
+    exc = reason if isinstance(reason, BaseException) else None
+    fields = _error_fields(exc, einfo)
+    if exc is None and reason is not None:
+        fields["error_message"] = str(reason)
+    retries = int(getattr(request, "retries", 0) or 0) + 1
+    rt.reporter.status(task_id, "pending", user_id=user_id, event="task.retry", retries=retries, **fields)
+
+
+@_guard
+def on_task_internal_error(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+                           einfo: Any = None, request: Any = None, **_: Any) -> None:
+    rt = _runtime(sender)
+    if rt is None or task_id is None:
+        return
+    ctx = from_headers(request)
+    fields = _error_fields(exception, einfo)
+    fields["error_type"] = "internal-error"
+    rt.reporter.status(task_id, "failed", user_id=ctx.user_id, **fields)
+
+
+@_guard
+def on_worker_process_init(**_: Any) -> None:
+    from signals import runtime
+
+    runtime.reset()
+    config = config_for(None)
+    if config is not None:
+        logcapture.ensure_attached(config.log_level)
+
+
+@_guard
+def on_worker_process_shutdown(**_: Any) -> None:
+    shutdown_all(timeout=10.0)
+
+
+@_guard
+def on_worker_shutting_down(**_: Any) -> None:
+    shutdown_all(timeout=10.0)
+
+
+_RECEIVERS: list[tuple[Any, Callable[..., Any]]] = [
+    (cs.before_task_publish, on_before_task_publish),
+    (cs.task_received, on_task_received),
+    (cs.task_prerun, on_task_prerun),
+    (cs.task_postrun, on_task_postrun),
+    (cs.task_success, on_task_success),
+    (cs.task_failure, on_task_failure),
+    (cs.task_retry, on_task_retry),
+    (cs.task_revoked, on_task_revoked),
+    (cs.task_rejected, on_task_rejected),
+    (cs.task_unknown, on_task_unknown),
+    (cs.task_internal_error, on_task_internal_error),
+    (cs.worker_process_init, on_worker_process_init),
+    (cs.worker_process_shutdown, on_worker_process_shutdown),
+    (cs.worker_shutting_down, on_worker_shutting_down),
+]
+
+
+def _uid(fn: Callable[..., Any]) -> str:
+    return f"celery-tracking.{fn.__name__}"
+
+
+def install(app: Any) -> None:
+    """Track every task of ``app``: connect the receivers (idempotent)."""
+    global _connected
+    if app is None or not hasattr(app, "conf"):
+        raise TypeError("install() needs a Celery app")
+    config = TrackerConfig.from_celery(app)
+    with _lock:
+        _installed[id(app)] = (app, config)
+        if not _connected:
+            for signal, receiver in _RECEIVERS:
+                signal.connect(receiver, weak=False, dispatch_uid=_uid(receiver))
+            _connected = True
+
+
+def uninstall(app: Any = None) -> None:
+    """Undo :func:`install` for ``app`` (all apps when None); receivers go with the last one."""
+    global _connected
+    with _lock:
+        if app is None:
+            _installed.clear()
+        else:
+            _installed.pop(id(app), None)
+        if not _installed and _connected:
+            for signal, receiver in _RECEIVERS:
+                signal.disconnect(receiver, dispatch_uid=_uid(receiver))
+            _connected = False
+            logcapture.detach()
+
+
+def is_installed(app: Any = None) -> bool:
+    if app is None:
+        return _connected
+    return id(app) in _installed

@@ -1,0 +1,111 @@
+"""Tasks the test suite runs on real workers. The pytest process does not install the
+tracking hooks at import: tests install and uninstall them explicitly (see conftest)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from celery import Celery
+from celery.exceptions import Reject
+from celery.utils.log import get_task_logger
+
+from signals import TrackedTask
+
+app = Celery("tests", broker=os.environ.get("TRACKER_TEST_BROKER_URL", "redis://127.0.0.1:6379/1"))
+app.conf.update(
+    task_default_queue="tests",
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=1,
+    task_acks_late=False,
+    result_backend=None,
+    task_ignore_result=True,
+    worker_send_task_events=False,
+)
+
+stdlib_logger = logging.getLogger("tests.apps.stdlib")
+task_logger = get_task_logger("tests.apps.tasklogger")
+
+
+@app.task(name="tests.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="tests.noop")
+def noop() -> None:
+    return None
+
+
+@app.task(name="tests.fail")
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name="tests.retry_once", bind=True, max_retries=3)
+def retry_once(self: TrackedTask) -> str:
+    if self.request.retries < 1:
+        raise self.retry(exc=RuntimeError("flaky"), countdown=0.2)
+    return "ok"
+
+
+@app.task(name="tests.build", base=TrackedTask, bind=True)
+def build(self: TrackedTask, n: int, delay: float = 0.01) -> int:
+    for _ in self.track(range(n), step="processing"):
+        time.sleep(delay)
+    self.progress(50, step="verifying", step_index=2, total_steps=3)
+    self.progress(current=10, total=40)
+    self.log.info("wrote %d rows", 10, context={"table": "x"})
+    self.metric("rows_written", 1200, unit="count", labels={"table": "x"})
+    stdlib_logger.info("stdlib line %s", 1)
+    task_logger.warning("task logger line")
+    try:
+        raise KeyError("boom")
+    except KeyError:
+        self.log.exception("handled error")
+    return n
+
+
+@app.task(name="tests.slow", base=TrackedTask, bind=True)
+def slow(self: TrackedTask, seconds: float, step: float = 0.05, marker: str | None = None) -> str:
+    start = time.monotonic()
+    try:
+        i = 0
+        while time.monotonic() - start < seconds:
+            time.sleep(step)
+            i += 1
+            self.progress(min(99.0, (time.monotonic() - start) * 100.0 / seconds), step="sleeping")
+        return "done"
+    finally:
+        if marker:
+            with open(marker, "a") as f:
+                f.write("cleanup\n")
+
+
+@app.task(name="tests.sleep")
+def sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+@app.task(name="tests.hard_limit", time_limit=1)
+def hard_limit() -> None:
+    time.sleep(10)
+
+
+@app.task(name="tests.reject", bind=True)
+def reject(self: TrackedTask) -> None:
+    raise Reject("not for us", requeue=False)
+
+
+@app.task(name="tests.echo_context", base=TrackedTask, bind=True)
+def echo_context(self: TrackedTask) -> dict[str, object]:
+    self.progress(10)
+    return {"ok": True}
+
+
+@app.task(name="tests.spawn", bind=True)
+def spawn(self: TrackedTask) -> str:
+    child = add.apply_async((1, 2), queue=self.request.delivery_info.get("routing_key"))
+    return str(child.id)

@@ -1,0 +1,203 @@
+"""Shared fixtures: real PostgreSQL, Redis and Celery prefork workers.
+
+Throw-away servers are started from the local binaries unless
+``TRACKER_TEST_DATABASE_URL`` / ``TRACKER_TEST_REDIS_URL`` point at running ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis as redis_lib
+
+from tracker import Tracker
+from tracker.config import TrackerConfig
+from tracker.migrate import upgrade
+from tracker.services import PostgresServer, RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer | str]:
+    url = os.environ.get("TRACKER_TEST_DATABASE_URL")
+    if url:
+        upgrade(url)
+        yield url
+        return
+    server = PostgresServer().start()
+    upgrade(server.url)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg: PostgresServer | str) -> str:
+    return pg if isinstance(pg, str) else pg.url
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer | str]:
+    url = os.environ.get("TRACKER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer | str) -> str:
+    return redis_server if isinstance(redis_server, str) else redis_server.url
+
+
+@pytest.fixture(scope="session")
+def broker_url(redis_url: str) -> str:
+    return redis_url.rsplit("/", 1)[0] + "/1"
+
+
+@pytest.fixture(scope="session")
+def tracker_env(database_url: str, redis_url: str, broker_url: str) -> dict[str, str]:
+    """Environment of every process the tests start (and of this one)."""
+    env = {
+        "TRACKER_DATABASE_URL": database_url,
+        "TRACKER_REDIS_URL": redis_url,
+        "TRACKER_SECRET": SECRET,
+        "TRACKER_TEST_BROKER_URL": broker_url,
+        "TRACKER_FLUSH_INTERVAL": "0.1",
+    }
+    os.environ.update(env)
+    from tests.apps.tasks import app
+
+    app.conf.broker_url = broker_url
+    return env
+
+
+@pytest.fixture()
+def tracker(tracker_env: dict[str, str]) -> Iterator[Tracker]:
+    t = Tracker(database_url=tracker_env["TRACKER_DATABASE_URL"], redis_url=tracker_env["TRACKER_REDIS_URL"])
+    yield t
+    t.close()
+
+
+@pytest.fixture()
+def config(tracker_env: dict[str, str]) -> TrackerConfig:
+    return TrackerConfig.from_env()
+
+
+@pytest.fixture()
+def rdb(redis_url: str) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def sql(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    conn = psycopg.connect(database_url, autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture()
+def tracked_app(tracker_env: dict[str, str]) -> Iterator[Any]:
+    """The test Celery app with tracking installed in this (producer) process, for one test."""
+    import signals
+    from signals import hooks, runtime
+    from tests.apps.tasks import app
+
+    signals.install(app)
+    yield app
+    for rt in list(runtime._runtimes.values()):
+        rt.flush(5)
+    signals.uninstall(app)
+    assert not hooks.is_installed(), "receivers left connected"
+
+
+class Worker:
+    """A real ``celery worker`` (prefork) in a subprocess, consuming its own queue."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, concurrency: int = 2, app: str = "tests.apps.worker",
+                 extra_env: dict[str, str] | None = None, pool: str = "prefork") -> None:
+        self.queue = f"q-{uuid.uuid4().hex[:8]}"
+        self.name = f"w-{self.queue}@localhost"
+        self.logfile = tmp / f"{self.queue}.log"
+        full_env = {**os.environ, **env, **(extra_env or {}), "PYTHONPATH": str(ROOT)}
+        args = [sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
+                "-Q", self.queue, "-n", self.name, "--without-mingle", "--without-gossip", "-l", "INFO",
+                "--logfile", str(self.logfile)]
+        self.proc = subprocess.Popen(args, env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.logfile.exists() and "ready." in self.logfile.read_text(errors="replace")
+                 or self._dead(), timeout=60, what="worker ready")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {self.log()[-3000:]}")
+
+    def _dead(self) -> bool:
+        return self.proc.poll() is not None
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
+
+    def children(self) -> list[int]:
+        import psutil
+
+        return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def worker(tracker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    w = Worker(tracker_env, tmp_path_factory.mktemp("worker"))
+    yield w
+    w.stop()
+
+
+@pytest.fixture()
+def make_worker(tracker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def make(**kw: Any) -> Worker:
+        w = Worker(tracker_env, tmp_path, **kw)
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        w.stop()

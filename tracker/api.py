@@ -1,0 +1,391 @@
+"""``Tracker``: the queryable Python API over the store and the live stream."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO, Any, TypeVar
+
+import redis
+from sqlalchemy import Engine, create_engine, delete, func, select, update
+from sqlalchemy.engine import Row
+
+from tracker import queries as q
+from tracker.bus import EventBus
+from tracker.config import TrackerConfig, sqlalchemy_url
+from tracker.events import Event, decode
+from tracker.models import Notification, Task
+from tracker.recorder import Recorder
+from tracker.records import LogRecord, MetricRecord, NotificationRecord, ProgressPoint, TaskRecord, to_jsonable
+from tracker.reporter import Reporter
+from tracker.status import TERMINAL, Status, check_progress, check_status
+
+__all__ = ["Tracker", "Page", "EXPORT_FIELDS"]
+
+R = TypeVar("R")
+
+EXPORT_FIELDS = [f for f in TaskRecord.__dataclass_fields__]
+
+
+class Page(list[R]):
+    """A list of records with the cursor of the next page (``None`` on the last one)."""
+
+    next_cursor: str | None = None
+
+    def __init__(self, items: list[R], next_cursor: str | None = None) -> None:
+        super().__init__(items)
+        self.next_cursor = next_cursor
+
+
+def task_record(row: Row[Any]) -> TaskRecord:
+    m = dict(row._mapping)
+    if "metadata" not in m:
+        m["metadata"] = m.pop("metadata_", None)
+    m["metadata"] = m.get("metadata") or {}
+    m["tags"] = list(m.get("tags") or [])
+    return TaskRecord.from_row(m)
+
+
+class Tracker:
+    """Query and control tracked tasks.
+
+    ``Tracker.from_celery(app)`` reads the app's ``tracker_*`` settings;
+    ``Tracker(database_url=..., redis_url=...)`` works without Celery. Records returned
+    are immutable and detached from any database session.
+    """
+
+    def __init__(self, database_url: str | None = None, redis_url: str | None = None, *,
+                 config: TrackerConfig | None = None, app: Any = None) -> None:
+        base = config or (TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env())
+        overrides = {}
+        if database_url:
+            overrides["database_url"] = database_url
+        if redis_url:
+            overrides["redis_url"] = redis_url
+        if overrides:
+            from dataclasses import replace
+
+            base = replace(base, **overrides)
+        self.config = base
+        self.app = app
+        self._engine: Engine | None = None
+        self._redis: redis.Redis | None = None
+        self._reporter: Reporter | None = None
+
+    @classmethod
+    def from_celery(cls, app: Any) -> Tracker:
+        return cls(app=app)
+
+    # -- connections -----------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = create_engine(sqlalchemy_url(self.config.require_database()), pool_pre_ping=True,
+                                         pool_size=5, max_overflow=5)
+        return self._engine
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.config.require_redis(), socket_connect_timeout=3)
+        return self._redis
+
+    @property
+    def reporter(self) -> Reporter:
+        """Writer used by the producer-side methods (``create_task`` and friends)."""
+        if self._reporter is None:
+            cfg = self.config
+            recorder = Recorder(cfg.require_database(), flush_interval=cfg.flush_interval,
+                                buffer_max=cfg.buffer_max)
+            bus = EventBus(cfg.redis_url, prefix=cfg.prefix, maxlen=cfg.stream_maxlen,
+                           progress_interval=cfg.progress_interval) if cfg.redis_url else None
+            self._reporter = Reporter(recorder, bus)
+        return self._reporter
+
+    def close(self) -> None:
+        if self._reporter is not None:
+            self._reporter.close()
+            self._reporter = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _all(self, stmt: Any) -> list[Row[Any]]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt))
+
+    # -- tasks -----------------------------------------------------------------------------------
+    def get(self, task_id: str) -> TaskRecord | None:
+        rows = self._all(q.task_by_id(task_id))
+        return task_record(rows[0]) if rows else None
+
+    def tasks(self, *, user_id: str | None = None, status: str | list[str] | None = None,
+              task_type: str | None = None, tag: str | None = None, since: Any = None, until: Any = None,
+              search: str | None = None, limit: int | None = 100, cursor: str | None = None,
+              group_id: str | None = None, root_id: str | None = None) -> Page[TaskRecord]:
+        """Newest first. Pass ``cursor=page.next_cursor`` for the next page."""
+        filters = q.TaskFilters(user_id=user_id, status=status, task_type=task_type, tag=tag, since=since,
+                                until=until, search=search, group_id=group_id, root_id=root_id)
+        n = q.check_limit(limit)
+        rows, nxt = q.page(self._all(q.tasks(filters, n, cursor)), n, q.task_cursor)
+        return Page([task_record(r) for r in rows], nxt)
+
+    def count(self, **filters: Any) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(q.count_tasks(q.TaskFilters(**filters))).scalar_one())
+
+    def progress_history(self, task_id: str) -> list[ProgressPoint]:
+        return [ProgressPoint.from_row(r) for r in self._all(q.progress_history(task_id))]
+
+    # -- logs and metrics ------------------------------------------------------------------------
+    def logs(self, *, task_id: str | None = None, min_level: Any = None, search: str | None = None,
+             since: Any = None, until: Any = None, limit: int | None = 100, cursor: str | None = None,
+             user_id: str | None = None, newest_first: bool = False) -> Page[LogRecord]:
+        """Log lines in time order; ``search`` is full-text over the message."""
+        n = q.check_limit(limit)
+        stmt = q.logs(task_id=task_id, min_level=min_level, search=search, since=since, until=until, limit=n,
+                      cursor=cursor, user_id=user_id, newest_first=newest_first)
+        rows, nxt = q.page(self._all(stmt), n, q.log_cursor)
+        return Page([LogRecord.from_row(r) for r in rows], nxt)
+
+    def metrics(self, *, name: str | None = None, task_id: str | None = None, since: Any = None,
+                until: Any = None, limit: int | None = 100) -> list[MetricRecord]:
+        stmt = q.metrics(name=name, task_id=task_id, since=since, until=until, limit=limit)
+        return [MetricRecord.from_row(r) for r in self._all(stmt)]
+
+    def metric_series(self, name: str, bucket: str = "1m", agg: str = "avg", since: Any = None,
+                      until: Any = None, task_type: str | None = None) -> list[tuple[datetime, float]]:
+        stmt = q.metric_series(name, bucket=bucket, agg=agg, since=since, until=until, task_type=task_type)
+        return [(r.bucket, float(r.value)) for r in self._all(stmt)]
+
+    def stats(self, since: Any = None, until: Any = None, group_by: str | None = "task_type",
+              user_id: str | None = None) -> dict[str, Any]:
+        """Counts by status, success rate, p50/p95 duration (s) and throughput (finished/min)."""
+        groups = [dict(r._mapping) for r in self._all(q.stats(since, until, group_by, user_id))] if group_by else []
+        overall = [dict(r._mapping) for r in self._all(q.stats(since, until, None, user_id))]
+        total = overall[0] if overall else {}
+        total.pop("group", None)
+        return {"group_by": group_by, "groups": groups, "overall": total}
+
+    # -- notifications ---------------------------------------------------------------------------
+    def notifications(self, user_id: str | None = None, unread: bool | None = None, limit: int | None = 100,
+                      cursor: str | None = None) -> Page[NotificationRecord]:
+        n = q.check_limit(limit)
+        rows, nxt = q.page(self._all(q.notifications(user_id=user_id, unread=unread, limit=n, cursor=cursor)), n,
+                           lambda r: q.encode_cursor(r.id))
+        return Page([NotificationRecord.from_row(r) for r in rows], nxt)
+
+    def mark_read(self, notification_id: int, user_id: str | None = None) -> bool:
+        """Mark a notification read (only ``user_id``'s when given); False if there is none."""
+        if isinstance(notification_id, bool) or not isinstance(notification_id, int):
+            raise TypeError("notification_id must be an integer")
+        stmt = update(Notification).where(Notification.id == notification_id)
+        if user_id is not None:
+            stmt = stmt.where(Notification.user_id == user_id)
+        stmt = stmt.values(is_read=True, read_at=func.coalesce(Notification.read_at, func.now()))
+        with self.engine.begin() as conn:
+            row = conn.execute(stmt.returning(Notification.id)).first()
+        return row is not None
+
+    # -- control -----------------------------------------------------------------------------------
+    def _control(self, task_id: str, value: str | None) -> None:
+        key = self.config.control_key(task_id)
+        if value is None:
+            self.redis.delete(key)
+        else:
+            # Expire eventually: a control flag for a task that never runs must not linger.
+            self.redis.set(key, value, ex=7 * 86400)
+
+    def pause(self, task_id: str) -> bool:
+        """Ask a running ``TrackedTask`` to pause at its next progress()/checkpoint()."""
+        record = self._require(task_id)
+        if Status(record.status) in TERMINAL:
+            return False
+        self._control(task_id, "pause")
+        return True
+
+    def resume(self, task_id: str) -> bool:
+        record = self._require(task_id)
+        if Status(record.status) in TERMINAL:
+            return False
+        self._control(task_id, None)
+        return True
+
+    def cancel(self, task_id: str, terminate: bool = False) -> bool:
+        """Cancel a task: a queued one never runs, a running ``TrackedTask`` stops at its next
+        progress()/checkpoint() (``terminate=True`` also kills it through Celery)."""
+        record = self._require(task_id)
+        if Status(record.status) in TERMINAL:
+            return False
+        self._control(task_id, "cancel")
+        if self.app is not None:
+            self.app.control.revoke(task_id, terminate=terminate)
+        if record.status == Status.PENDING.value:
+            self.reporter.status(task_id, "cancelled", user_id=record.user_id, reason="cancelled",
+                                 error_type="cancelled", error_message="cancelled before it started")
+            self.reporter.flush(5)
+        return True
+
+    def _require(self, task_id: str) -> TaskRecord:
+        record = self.get(task_id)
+        if record is None:
+            raise KeyError(f"no task {task_id!r}")
+        return record
+
+    # -- writes for non-Celery producers ------------------------------------------------------------
+    def create_task(self, task_id: str | None = None, *, user_id: str | None = None, task_type: str | None = None,
+                    task_name: str | None = None, progress: float = 0.0, status: str = "pending",
+                    total_steps: int | None = None, metadata: dict[str, Any] | None = None,
+                    tags: list[str] | None = None) -> str:
+        """Record a task that does not run on Celery; returns its id."""
+        task_id = task_id or str(uuid.uuid4())
+        if not isinstance(task_id, str) or not task_id or len(task_id) > 255:
+            raise ValueError("task_id must be a non-empty string of at most 255 characters")
+        st = check_status(status)
+        pct = check_progress(progress)
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise TypeError("metadata must be a dict")
+            json.dumps(metadata)
+        if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+            raise TypeError("tags must be a list of strings")
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                        or total_steps < 1):
+            raise ValueError("total_steps must be a positive integer")
+        name = task_name or task_type
+        now = time.time()
+        self.reporter.pending(task_id, user_id=user_id, name=name, task_type=task_type or name, tags=tags,
+                              publisher=False, metadata=metadata, total_steps=total_steps, progress=pct, ts=now)
+        if st is not Status.PENDING:
+            extra: dict[str, Any] = {"started_at": now} if st is Status.RUNNING else {}
+            self.reporter.status(task_id, st.value, user_id=user_id, ts=now + 1e-6, progress=pct, name=name,
+                                 task_type=task_type or name, **extra)
+        return task_id
+
+    def update_progress(self, task_id: str, progress: float, *, current_step: str | None = None,
+                        step_index: int | None = None, total_steps: int | None = None,
+                        message: str | None = None, user_id: str | None = None) -> None:
+        pct = check_progress(progress)
+        self.reporter.progress(task_id, user_id, pct, current_step=current_step, step_index=step_index,
+                               total_steps=total_steps, message=message)
+
+    def set_status(self, task_id: str, status: str, *, user_id: str | None = None, **fields: Any) -> None:
+        st = check_status(status)
+        self.reporter.status(task_id, st.value, user_id=user_id, **fields)
+
+    def complete(self, task_id: str, result: Any = None, user_id: str | None = None) -> None:
+        self.reporter.status(task_id, "completed", user_id=user_id, progress=100.0, result=to_jsonable(result))
+
+    def fail(self, task_id: str, error_message: str, error_type: str = "error", user_id: str | None = None) -> None:
+        self.reporter.status(task_id, "failed", user_id=user_id, error_type=error_type, error_message=error_message)
+
+    def add_log(self, task_id: str | None, level: str | int, message: str, *, source: str | None = None,
+                context: dict[str, Any] | None = None, user_id: str | None = None) -> None:
+        levelno = q.level_number(level)
+        if not isinstance(message, str):
+            raise TypeError("message must be a string")
+        self.reporter.log(task_id, levelno, message, user_id=user_id, source=source, context=context)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the producer-side writes above are stored and published."""
+        return self._reporter.flush(timeout) if self._reporter is not None else True
+
+    def delete(self, task_id: str) -> bool:
+        """Delete a task with its progress history, logs and metrics."""
+        from tracker.models import Metric, TaskLog
+        from tracker.models import ProgressPoint as PP
+
+        with self.engine.begin() as conn:
+            n = conn.execute(delete(Task).where(Task.task_id == task_id)).rowcount
+            for model in (PP, TaskLog, Metric):
+                conn.execute(delete(model).where(model.task_id == task_id))
+        return bool(n)
+
+    # -- export and watch ----------------------------------------------------------------------------
+    def iter_tasks(self, batch: int = 1000, **filters: Any) -> Iterator[TaskRecord]:
+        """All tasks matching ``filters``, streamed with a server-side cursor."""
+        f = q.TaskFilters(**filters)
+        stmt = select(*q.task_columns()).where(*f.where()).order_by(Task.created_at.desc(), Task.task_id.desc())
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
+            for row in result:
+                yield task_record(row)
+
+    def export(self, fmt: str = "csv", out: IO[str] | None = None, **filters: Any) -> str | None:
+        """Write matching tasks as CSV or JSON to ``out`` (returns the text when ``out`` is None)."""
+        if fmt not in ("csv", "json"):
+            raise ValueError("fmt must be 'csv' or 'json'")
+        sink = out if out is not None else io.StringIO()
+        for chunk in export_chunks(self.iter_tasks(**filters), fmt):
+            sink.write(chunk)
+        return sink.getvalue() if out is None and isinstance(sink, io.StringIO) else None
+
+    def watch(self, task_id: str | None = None, user_id: str | None = None, since: str = "$",
+              timeout: float | None = None, block_ms: int = 1000) -> Iterator[Event]:
+        """Iterate live events from the stream (optionally of one task or user).
+
+        ``since`` is a stream id to resume after ("$" means only new events, "0" everything
+        the stream keeps). Stops after ``timeout`` seconds without an event if given.
+        """
+        last = since
+        if last == "$":
+            key = self.config.stream_key
+            info = self.redis.xinfo_stream(key) if self.redis.exists(key) else None
+            last = info["last-generated-id"] if info else "0-0"
+            if isinstance(last, bytes):
+                last = last.decode()
+        idle_since = time.monotonic()
+        while True:
+            resp = self.redis.xread({self.config.stream_key: last}, count=500, block=block_ms)
+            if not resp:
+                if timeout is not None and time.monotonic() - idle_since > timeout:
+                    return
+                continue
+            idle_since = time.monotonic()
+            for _stream, entries in resp:
+                for entry_id, fields in entries:
+                    event = decode(entry_id, fields)
+                    last = event.id or last
+                    if task_id is not None and event.task_id != task_id:
+                        continue
+                    if user_id is not None and event.user_id != user_id:
+                        continue
+                    yield event
+
+
+def export_chunks(records: Iterator[TaskRecord], fmt: str) -> Iterator[str]:
+    """CSV or JSON text of ``records`` in chunks, for streaming to a file or a response."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(EXPORT_FIELDS)
+        for i, rec in enumerate(records):
+            d = rec.to_dict()
+            writer.writerow([json.dumps(d[f]) if isinstance(d[f], (dict, list)) else ("" if d[f] is None else d[f])
+                             for f in EXPORT_FIELDS])
+            if i % 500 == 499:
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
+        yield buf.getvalue()
+    else:
+        yield "["
+        first = True
+        for rec in records:
+            yield ("" if first else ",\n") + json.dumps(rec.to_dict(), default=str)
+            first = False
+        yield "]\n"

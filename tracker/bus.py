@@ -1,0 +1,267 @@
+"""The event bus: appends events to the Redis stream from a background thread.
+
+Publishing only appends to a queue; the thread sends everything queued in one pipeline
+of ``XADD ... MAXLEN ~``. Progress is coalesced per task (at most one event every
+``progress_interval``), and the latest value is always sent before any other event of the
+same task, so a client never misses the last progress before a status change. The same
+thread polls the control keys of the tasks running in this process, so ``progress()``
+learns about pause and cancel without a round trip of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any
+
+import redis
+
+from tracker.events import Event, encode
+
+__all__ = ["EventBus"]
+
+logger = logging.getLogger("tracker.bus")
+
+
+class EventBus:
+    """Buffered, coalescing publisher to ``{prefix}:events``; methods never raise."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        prefix: str = "tracker",
+        maxlen: int = 100_000,
+        progress_interval: float = 0.1,
+        control_interval: float = 0.2,
+        buffer_max: int = 100_000,
+        name: str = "tracker-bus",
+    ) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.stream = f"{prefix}:events"
+        self.maxlen = maxlen
+        self.progress_interval = progress_interval
+        self.control_interval = control_interval
+        self.buffer_max = buffer_max
+        self._queue: deque[Event] = deque()
+        self._lock = threading.Lock()
+        self._last_progress: dict[str, float] = {}
+        self._held: dict[str, Event] = {}  # coalesced progress waiting for its slot
+        self._wake = threading.Event()
+        self._seq = 0
+        self._done_seq = 0
+        self._done = threading.Condition(threading.Lock())
+        self._closed = False
+        self._client: redis.Redis | None = None
+        self._backoff = 0.0
+        #: task id -> control value ("pause", "cancel" or None) for tasks running here.
+        self.controls: dict[str, str | None] = {}
+        self.control_changed = threading.Condition(threading.Lock())
+        self.dropped = 0
+        self.sent = 0
+        self.failures = 0
+        self.connected = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    # -- publishing (hot path) ---------------------------------------------------------
+    def publish(self, type: str, task_id: str | None, user_id: str | None, data: dict[str, Any],
+                ts: float | None = None) -> None:
+        event = Event(type, task_id, user_id, time.time() if ts is None else ts, data)
+        with self._lock:
+            if task_id is not None:
+                held = self._held.pop(task_id, None)
+                if held is not None:
+                    self._enqueue(held)
+                self._last_progress.pop(task_id, None)
+            self._enqueue(event)
+        self._wake.set()
+
+    def progress(self, task_id: str, user_id: str | None, data: dict[str, Any], ts: float | None = None) -> None:
+        now = time.monotonic()
+        event = Event("task.progress", task_id, user_id, time.time() if ts is None else ts, data)
+        with self._lock:
+            if now - self._last_progress.get(task_id, -1e9) >= self.progress_interval:
+                self._last_progress[task_id] = now
+                self._held.pop(task_id, None)
+                self._enqueue(event)
+                wake = True
+            else:
+                self._held[task_id] = event
+                wake = False
+        if wake:
+            self._wake.set()
+
+    def _enqueue(self, event: Event) -> None:
+        if len(self._queue) >= self.buffer_max:
+            self.dropped += 1
+            return
+        self._queue.append(event)
+        self._seq += 1
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until every event published before the call is in Redis."""
+        with self._lock:
+            for held in self._held.values():
+                self._enqueue(held)
+            self._held.clear()
+            target = self._seq
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._done:
+            while self._done_seq < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return self._done_seq >= target
+                self._done.wait(min(left, 0.05))
+                self._wake.set()
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=2)
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:
+                pass
+        _live.discard(self)
+
+    # -- control ---------------------------------------------------------------------------
+    def watch_control(self, task_id: str) -> None:
+        self.controls.setdefault(task_id, None)
+
+    def unwatch_control(self, task_id: str) -> None:
+        self.controls.pop(task_id, None)
+
+    def wait_control_change(self, timeout: float) -> None:
+        with self.control_changed:
+            self.control_changed.wait(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return {"buffered": len(self._queue) + len(self._held), "dropped": self.dropped, "sent": self.sent,
+                "failures": self.failures, "connected": self.connected}
+
+    # -- the sender thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        next_control = 0.0
+        while True:
+            timeout = self._backoff or (self.progress_interval / 2 if self._held else self.control_interval)
+            self._wake.wait(timeout)
+            self._wake.clear()
+            closing = self._closed
+            try:
+                self._release_held()
+                self._send()
+                if self.controls and time.monotonic() >= next_control:
+                    next_control = time.monotonic() + self.control_interval
+                    self._poll_controls()
+            except Exception:
+                logger.exception("tracker bus: unexpected error")
+            if closing:
+                return
+
+    def _release_held(self) -> None:
+        if not self._held:
+            return
+        now = time.monotonic()
+        with self._lock:
+            for task_id in list(self._held):
+                if now - self._last_progress.get(task_id, -1e9) >= self.progress_interval:
+                    self._last_progress[task_id] = now
+                    self._enqueue(self._held.pop(task_id))
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                self.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=0
+            )
+        return self._client
+
+    def _send(self) -> None:
+        with self._lock:
+            seq = self._seq
+            batch = list(self._queue)
+        if not batch:
+            self._mark_done(seq)
+            return
+        try:
+            pipe = self._redis().pipeline(transaction=False)
+            for event in batch:
+                pipe.xadd(self.stream, encode(event), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self.failures += 1
+            if self.connected or self.failures == 1:
+                logger.warning("tracker bus: cannot reach Redis (%s); buffering events", exc)
+            self.connected = False
+            self._backoff = min(2.0, max(0.05, self._backoff * 2))
+            self._drop_client()
+            return
+        with self._lock:
+            for _ in range(len(batch)):
+                self._queue.popleft()
+        if not self.connected and self.failures:
+            logger.warning("tracker bus: Redis is back; %d buffered events sent", len(batch))
+        self.connected = True
+        self._backoff = 0.0
+        self.sent += len(batch)
+        self._mark_done(seq)
+
+    def _poll_controls(self) -> None:
+        ids = list(self.controls)
+        try:
+            values = self._redis().mget([f"{self.prefix}:control:{i}" for i in ids])
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._drop_client()
+            return
+        changed = False
+        for task_id, raw in zip(ids, values, strict=True):
+            value = raw.decode() if isinstance(raw, bytes) else raw
+            if task_id in self.controls and self.controls[task_id] != value:
+                self.controls[task_id] = value
+                changed = True
+        if changed:
+            with self.control_changed:
+                self.control_changed.notify_all()
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:
+                pass
+            self._client = None
+
+    def _mark_done(self, seq: int) -> None:
+        with self._done:
+            if seq > self._done_seq:
+                self._done_seq = seq
+            self._done.notify_all()
+
+
+_live: weakref.WeakSet[EventBus] = weakref.WeakSet()
+
+if hasattr(os, "register_at_fork"):
+    # A forked child must not touch the parent's writer (its thread and locks are gone).
+    os.register_at_fork(after_in_child=_live.clear)
+
+
+@atexit.register
+def _flush_all_at_exit() -> None:
+    for bus in list(_live):
+        try:
+            bus.close(timeout=3)
+        except Exception:
+            pass

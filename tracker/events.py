@@ -1,0 +1,99 @@
+"""The event stream's wire format (Redis stream ``{prefix}:events``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["SCHEMA_VERSION", "EVENT_TYPES", "TERMINAL_EVENTS", "Event", "encode", "decode", "dumps"]
+
+SCHEMA_VERSION = 1
+
+EVENT_TYPES = frozenset(
+    {
+        "task.pending",
+        "task.started",
+        "task.progress",
+        "task.log",
+        "task.metric",
+        "task.paused",
+        "task.resumed",
+        "task.retry",
+        "task.completed",
+        "task.failed",
+        "task.cancelled",
+        "task.stalled",
+        "notification",
+    }
+)
+TERMINAL_EVENTS = frozenset({"task.completed", "task.failed", "task.cancelled"})
+STATUS_EVENTS = {
+    "pending": "task.pending",
+    "running": "task.started",
+    "paused": "task.paused",
+    "completed": "task.completed",
+    "failed": "task.failed",
+    "cancelled": "task.cancelled",
+}
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON that never fails on odd objects (they are shown with ``repr``)."""
+    return json.dumps(value, separators=(",", ":"), default=repr, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: str
+    task_id: str | None
+    user_id: str | None
+    ts: float
+    data: dict[str, Any] = field(default_factory=dict)
+    #: Stream entry id once the event has been read back from Redis.
+    id: str | None = None
+
+    def to_frame(self) -> dict[str, Any]:
+        """The WebSocket ``event`` frame for this event."""
+        return {
+            "type": "event",
+            "id": self.id,
+            "event": self.type,
+            "task_id": self.task_id,
+            "user_id": self.user_id,
+            "ts": self.ts,
+            "data": self.data,
+        }
+
+
+def encode(event: Event) -> dict[str, str]:
+    """Fields of the stream entry for ``event``."""
+    return {
+        "v": str(SCHEMA_VERSION),
+        "type": event.type,
+        "task_id": event.task_id or "",
+        "user_id": event.user_id or "",
+        "ts": repr(event.ts),
+        "data": dumps(event.data),
+    }
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode(entry_id: Any, fields: dict[Any, Any]) -> Event:
+    """Rebuild an :class:`Event` from a stream entry (bytes or str keys)."""
+    f = {_s(k): _s(v) for k, v in fields.items()}
+    try:
+        data = json.loads(f.get("data") or "{}")
+    except ValueError:
+        data = {"raw": f.get("data")}
+    return Event(
+        type=f.get("type", ""),
+        task_id=f.get("task_id") or None,
+        user_id=f.get("user_id") or None,
+        ts=float(f.get("ts") or 0.0),
+        data=data if isinstance(data, dict) else {"value": data},
+        id=_s(entry_id),
+    )

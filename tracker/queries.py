@@ -1,0 +1,438 @@
+"""Query builders: every read of the store is constructed here, once.
+
+Each function returns a SQLAlchemy Core statement; :class:`tracker.Tracker` executes it
+synchronously and the webgate asynchronously, so there is no second copy of a query.
+Lists use keyset pagination with an opaque cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Select,
+    and_,
+    cast,
+    extract,
+    false,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import Double, Text
+
+from tracker.models import Metric, Notification, ProgressPoint, Task, TaskLog
+from tracker.status import check_status
+
+__all__ = [
+    "encode_cursor", "decode_cursor", "parse_time", "parse_bucket", "level_number",
+    "task_columns", "task_by_id", "tasks", "count_tasks", "logs", "progress_history", "metrics", "metric_series",
+    "stats", "notifications", "notification_stats", "log_stats", "TaskFilters",
+    "MAX_LIMIT",
+]
+
+MAX_LIMIT = 1000
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
+_AGGS = {"avg", "sum", "min", "max", "count", "p50", "p95", "p99"}
+_GROUPS = {"task_type": Task.task_type, "user_id": Task.user_id, "queue": Task.queue, "worker": Task.worker,
+           "status": Task.status}
+
+
+# -- argument checking -------------------------------------------------------------------------
+def encode_cursor(*values: Any) -> str:
+    raw = json.dumps([v.isoformat() if isinstance(v, datetime) else v for v in values], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n: int) -> list[Any]:
+    if not isinstance(cursor, str):
+        raise TypeError("cursor must be a string")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (ValueError, TypeError):
+        raise ValueError("malformed cursor") from None
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError("malformed cursor")
+    return values
+
+
+def parse_time(value: Any, name: str = "time") -> datetime | None:
+    """Accept a datetime, epoch seconds, an ISO 8601 string or a relative ``-15m``/``2h``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a datetime, epoch seconds or ISO 8601 text")
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        m = re.fullmatch(r"-?(\d+(?:\.\d+)?)([smhdw])", value.strip())
+        if m:
+            return datetime.now(UTC) - _duration(float(m.group(1)), m.group(2))
+        try:
+            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{name}: cannot read {value!r} as a time") from None
+        return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    raise TypeError(f"{name} must be a datetime, epoch seconds or ISO 8601 text")
+
+
+def _duration(n: float, unit: str) -> timedelta:
+    return timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit])
+
+
+def parse_bucket(bucket: Any) -> timedelta:
+    if isinstance(bucket, timedelta):
+        if bucket.total_seconds() <= 0:
+            raise ValueError("bucket must be positive")
+        return bucket
+    if not isinstance(bucket, str):
+        raise TypeError("bucket must be text such as '1m', '5m', '1h'")
+    m = re.fullmatch(r"(\d+)([smhdw])", bucket.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"bad bucket {bucket!r}; use e.g. '10s', '1m', '1h', '1d'")
+    return _duration(float(m.group(1)), m.group(2))
+
+
+def level_number(level: Any) -> int:
+    if isinstance(level, bool):
+        raise TypeError("level must be a name such as 'INFO' or a number")
+    if isinstance(level, int):
+        return level
+    if isinstance(level, str):
+        if level.isdigit():
+            return int(level)
+        n = _LEVELS.get(level.upper())
+        if n is not None:
+            return n
+        raise ValueError(f"unknown log level {level!r}")
+    raise TypeError("level must be a name such as 'INFO' or a number")
+
+
+def check_limit(limit: Any, default: int = 100) -> int:
+    if limit is None:
+        return default
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError("limit must be an integer")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
+    return limit
+
+
+def _opt_str(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string")
+    return value
+
+
+# -- tasks -----------------------------------------------------------------------------------------
+def task_columns() -> list[Any]:
+    cols = [c for c in Task.__table__.c if c.name not in ("status_ts", "worker_pid", "args", "progress_at")]
+    return cols
+
+
+class TaskFilters:
+    """Validated filters shared by ``tasks``, ``count`` and exports."""
+
+    def __init__(self, user_id: Any = None, status: Any = None, task_type: Any = None, tag: Any = None,
+                 since: Any = None, until: Any = None, search: Any = None, group_id: Any = None,
+                 root_id: Any = None, parent_id: Any = None) -> None:
+        self.user_id = _opt_str("user_id", user_id)
+        if status is None:
+            self.status: list[str] | None = None
+        elif isinstance(status, (list, tuple)):
+            self.status = [check_status(s).value for s in status]
+        elif isinstance(status, str) and "," in status:
+            self.status = [check_status(s.strip()).value for s in status.split(",")]
+        else:
+            self.status = [check_status(status).value]
+        self.task_type = _opt_str("task_type", task_type)
+        self.tag = _opt_str("tag", tag)
+        self.since = parse_time(since, "since")
+        self.until = parse_time(until, "until")
+        self.search = _opt_str("search", search)
+        self.group_id = _opt_str("group_id", group_id)
+        self.root_id = _opt_str("root_id", root_id)
+        self.parent_id = _opt_str("parent_id", parent_id)
+
+    def where(self) -> list[ColumnElement[bool]]:
+        w: list[ColumnElement[bool]] = []
+        if self.user_id is not None:
+            w.append(Task.user_id == self.user_id)
+        if self.status:
+            w.append(Task.status == self.status[0] if len(self.status) == 1 else Task.status.in_(self.status))
+        if self.task_type is not None:
+            w.append(Task.task_type == self.task_type)
+        if self.tag is not None:
+            w.append(Task.tags.contains(cast([self.tag], ARRAY(Text))))
+        if self.since is not None:
+            w.append(Task.created_at >= self.since)
+        if self.until is not None:
+            w.append(Task.created_at < self.until)
+        if self.group_id is not None:
+            w.append(Task.group_id == self.group_id)
+        if self.root_id is not None:
+            w.append(Task.root_id == self.root_id)
+        if self.parent_id is not None:
+            w.append(Task.parent_id == self.parent_id)
+        if self.search:
+            pattern = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            w.append(or_(Task.task_id.ilike(pattern), Task.name.ilike(pattern), Task.task_type.ilike(pattern),
+                         Task.current_step.ilike(pattern), Task.error_message.ilike(pattern)))
+        return w
+
+
+def _task_select() -> Select[Any]:
+    return select(*task_columns()).select_from(Task)
+
+
+def task_by_id(task_id: str) -> Select[Any]:
+    if not isinstance(task_id, str):
+        raise TypeError("task_id must be a string")
+    return _task_select().where(Task.task_id == task_id)
+
+
+def tasks(filters: TaskFilters, limit: Any = None, cursor: Any = None) -> Select[Any]:
+    """Newest first; fetches ``limit + 1`` rows so the caller can tell if there is a next page."""
+    n = check_limit(limit)
+    q = _task_select().where(*filters.where())
+    if cursor is not None:
+        created, task_id = decode_cursor(cursor, 2)
+        created_dt = parse_time(created, "cursor")
+        q = q.where(or_(Task.created_at < created_dt, and_(Task.created_at == created_dt, Task.task_id < task_id)))
+    return q.order_by(Task.created_at.desc(), Task.task_id.desc()).limit(n + 1)
+
+
+def task_cursor(row: Any) -> str:
+    m = row._mapping if hasattr(row, "_mapping") else row
+    return encode_cursor(m["created_at"], m["task_id"])
+
+
+def count_tasks(filters: TaskFilters) -> Select[Any]:
+    return select(func.count()).select_from(Task).where(*filters.where())
+
+
+# -- logs ----------------------------------------------------------------------------------------------
+def logs(task_id: Any = None, min_level: Any = None, search: Any = None, since: Any = None, until: Any = None,
+         limit: Any = None, cursor: Any = None, user_id: Any = None, newest_first: bool = False,
+         level: Any = None) -> Select[Any]:
+    """Log lines in time order (``newest_first`` reverses it); ``search`` is full-text."""
+    n = check_limit(limit)
+    q = select(TaskLog.id, TaskLog.task_id, TaskLog.ts, TaskLog.level, TaskLog.message, TaskLog.source,
+               TaskLog.context, TaskLog.traceback, TaskLog.attachments).select_from(TaskLog)
+    task_id = _opt_str("task_id", task_id)
+    if task_id is not None:
+        q = q.where(TaskLog.task_id == task_id)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(TaskLog.user_id == user_id)
+    if min_level is not None:
+        q = q.where(TaskLog.levelno >= level_number(min_level))
+    if level is not None:
+        q = q.where(TaskLog.levelno == level_number(level))
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    if t0 is not None:
+        q = q.where(TaskLog.ts >= t0)
+    if t1 is not None:
+        q = q.where(TaskLog.ts < t1)
+    search = _opt_str("search", search)
+    if search:
+        q = q.where(func.to_tsvector(literal_column("'simple'"), TaskLog.message)
+                    .op("@@")(func.websearch_to_tsquery(literal_column("'simple'"), search)))
+    if cursor is not None:
+        ts, log_id = decode_cursor(cursor, 2)
+        ts_dt = parse_time(ts, "cursor")
+        if newest_first:
+            q = q.where(or_(TaskLog.ts < ts_dt, and_(TaskLog.ts == ts_dt, TaskLog.id < int(log_id))))
+        else:
+            q = q.where(or_(TaskLog.ts > ts_dt, and_(TaskLog.ts == ts_dt, TaskLog.id > int(log_id))))
+    order = (TaskLog.ts.desc(), TaskLog.id.desc()) if newest_first else (TaskLog.ts.asc(), TaskLog.id.asc())
+    return q.order_by(*order).limit(n + 1)
+
+
+def log_cursor(row: Any) -> str:
+    m = row._mapping if hasattr(row, "_mapping") else row
+    return encode_cursor(m["ts"], m["id"])
+
+
+def log_stats(task_id: Any = None, since: Any = None, until: Any = None, user_id: Any = None) -> Select[Any]:
+    q = select(TaskLog.level, func.count().label("count")).select_from(TaskLog)
+    task_id = _opt_str("task_id", task_id)
+    if task_id is not None:
+        q = q.where(TaskLog.task_id == task_id)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(TaskLog.user_id == user_id)
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    if t0 is not None:
+        q = q.where(TaskLog.ts >= t0)
+    if t1 is not None:
+        q = q.where(TaskLog.ts < t1)
+    return q.group_by(TaskLog.level)
+
+
+# -- progress and metrics ------------------------------------------------------------------------------
+def progress_history(task_id: str, limit: int = 10_000) -> Select[Any]:
+    if not isinstance(task_id, str):
+        raise TypeError("task_id must be a string")
+    return (select(ProgressPoint.ts, ProgressPoint.progress, ProgressPoint.current_step)
+            .where(ProgressPoint.task_id == task_id).order_by(ProgressPoint.ts, ProgressPoint.id).limit(limit))
+
+
+def metrics(name: Any = None, task_id: Any = None, since: Any = None, until: Any = None, limit: Any = None,
+            user_id: Any = None) -> Select[Any]:
+    n = check_limit(limit)
+    q = select(Metric.name, Metric.value, Metric.unit, Metric.labels, Metric.task_id, Metric.user_id, Metric.ts)
+    name = _opt_str("name", name)
+    if name is not None:
+        q = q.where(Metric.name == name)
+    task_id = _opt_str("task_id", task_id)
+    if task_id is not None:
+        q = q.where(Metric.task_id == task_id)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(Metric.user_id == user_id)
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    if t0 is not None:
+        q = q.where(Metric.ts >= t0)
+    if t1 is not None:
+        q = q.where(Metric.ts < t1)
+    return q.order_by(Metric.ts.desc(), Metric.id.desc()).limit(n)
+
+
+def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = None, until: Any = None,
+                  task_type: Any = None, user_id: Any = None) -> Select[Any]:
+    """``(bucket_start, value)`` rows of one metric aggregated per time bucket."""
+    if not isinstance(name, str) or not name:
+        raise TypeError("metric name must be a non-empty string")
+    width = parse_bucket(bucket)
+    if not isinstance(agg, str) or agg not in _AGGS:
+        raise ValueError(f"agg must be one of {sorted(_AGGS)}")
+    start = func.date_bin(literal(width), Metric.ts, literal(datetime(2000, 1, 1, tzinfo=UTC))).label("bucket")
+    value: Any
+    if agg == "avg":
+        value = func.avg(Metric.value)
+    elif agg == "sum":
+        value = func.sum(Metric.value)
+    elif agg == "min":
+        value = func.min(Metric.value)
+    elif agg == "max":
+        value = func.max(Metric.value)
+    elif agg == "count":
+        value = func.count()
+    else:
+        value = func.percentile_cont(int(agg[1:]) / 100.0).within_group(Metric.value)
+    q = select(start, value.label("value")).where(Metric.name == name)
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    if t0 is not None:
+        q = q.where(Metric.ts >= t0)
+    if t1 is not None:
+        q = q.where(Metric.ts < t1)
+    task_type = _opt_str("task_type", task_type)
+    if task_type is not None:
+        q = q.where(Metric.task_type == task_type)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(Metric.user_id == user_id)
+    return q.group_by(text("1")).order_by(text("1"))
+
+
+# -- stats --------------------------------------------------------------------------------------------
+def stats(since: Any = None, until: Any = None, group_by: Any = "task_type", user_id: Any = None) -> Select[Any]:
+    """Per group: counts by status, success rate, p50/p95 duration and throughput per minute."""
+    if group_by is not None and group_by not in _GROUPS:
+        raise ValueError(f"group_by must be one of {sorted(_GROUPS)} or None")
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    key = _GROUPS[group_by].label("group") if group_by else literal("all").label("group")
+    duration = extract("epoch", Task.finished_at - Task.started_at)
+    finished = Task.status.in_(("completed", "failed", "cancelled"))
+    cols: list[Any] = [key, func.count().label("total")]
+    for st in ("pending", "running", "paused", "completed", "failed", "cancelled"):
+        cols.append(func.count().filter(Task.status == st).label(st))
+    done = func.count().filter(Task.status.in_(("completed", "failed")))
+    cols.append((cast(func.count().filter(Task.status == "completed"), Double) / func.nullif(done, 0))
+                .label("success_rate"))
+    cols.append(func.percentile_cont(0.5).within_group(duration).filter(finished).label("p50_duration"))
+    cols.append(func.percentile_cont(0.95).within_group(duration).filter(finished).label("p95_duration"))
+    cols.append(func.avg(duration).filter(finished).label("avg_duration"))
+    lo: Any = literal(t0) if t0 is not None else func.min(Task.created_at)
+    hi: Any = literal(t1) if t1 is not None else func.now()
+    minutes = func.greatest(extract("epoch", hi - lo), 60.0) / 60.0
+    cols.append((cast(func.count().filter(finished), Double) / minutes).label("throughput_per_min"))
+    q = select(*cols).select_from(Task)
+    if t0 is not None:
+        q = q.where(Task.created_at >= t0)
+    if t1 is not None:
+        q = q.where(Task.created_at < t1)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(Task.user_id == user_id)
+    if group_by:
+        q = q.group_by(_GROUPS[group_by]).order_by(_GROUPS[group_by])
+    return q
+
+
+# -- notifications ---------------------------------------------------------------------------------------
+def notification_columns() -> list[Any]:
+    return [c.label("metadata") if c.name == "metadata" else c for c in Notification.__table__.c
+            if c.name != "dedup_key"]
+
+
+def notifications(user_id: Any = None, unread: Any = None, limit: Any = None, cursor: Any = None,
+                  type: Any = None, priority: Any = None) -> Select[Any]:
+    n = check_limit(limit)
+    q = select(*notification_columns())
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(Notification.user_id == user_id)
+    if unread is not None:
+        if not isinstance(unread, bool):
+            raise TypeError("unread must be a boolean")
+        q = q.where(Notification.is_read == (false() if unread else true()))
+    if type is not None:
+        q = q.where(Notification.type == _opt_str("type", type))
+    if priority is not None:
+        q = q.where(Notification.priority == _opt_str("priority", priority))
+    if cursor is not None:
+        (last_id,) = decode_cursor(cursor, 1)
+        if isinstance(last_id, bool) or not isinstance(last_id, int):
+            raise ValueError("malformed cursor")
+        q = q.where(Notification.id < last_id)
+    return q.order_by(Notification.id.desc()).limit(n + 1)
+
+
+def notification_stats(user_id: Any = None) -> Select[Any]:
+    q = select(
+        func.count().label("total"),
+        func.count().filter(Notification.is_read.is_(False)).label("unread"),
+        func.count().filter(Notification.priority == "urgent").label("urgent"),
+        func.count().filter(Notification.priority == "high").label("high"),
+    ).select_from(Notification)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(Notification.user_id == user_id)
+    return q
+
+
+def page(rows: Sequence[Any], limit: int, cursor_of: Any) -> tuple[list[Any], str | None]:
+    """Split ``limit + 1`` fetched rows into a page and the cursor of the next one."""
+    rows = list(rows)
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return rows, cursor_of(rows[-1])
+    return rows, None

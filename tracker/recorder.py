@@ -1,0 +1,476 @@
+"""The write path: a per-process batched writer into PostgreSQL (group commit).
+
+Callers only append to in-memory buffers (a few hundred nanoseconds, never a round trip);
+one background thread commits everything gathered every ``flush_interval`` in one
+transaction: task-state upserts with ``executemany`` (pipelined), logs, progress points and
+metrics with ``COPY``. While PostgreSQL is away the buffers are kept (bounded) and the
+writer retries with backoff; what the bound had to drop is counted and reported.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from tracker.config import psycopg_url
+from tracker.events import dumps
+
+__all__ = ["Recorder", "TASK_FIELDS"]
+
+logger = logging.getLogger("tracker.recorder")
+
+#: Columns a task-state update may set. Timestamps are epoch seconds (floats).
+TASK_FIELDS = (
+    "name", "task_type", "user_id", "status", "status_ts", "progress", "current_step", "step_index",
+    "total_steps", "eta_seconds", "queue", "worker", "worker_pid", "retries", "parent_id", "root_id",
+    "group_id", "args", "result", "error_type", "error_message", "traceback", "metadata", "tags",
+    "published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at",
+    "heartbeat_at", "stalled_at",
+)
+_TS_FIELDS = frozenset(
+    {"published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at", "heartbeat_at",
+     "stalled_at"}
+)
+_JSON_FIELDS = frozenset({"result", "metadata"})
+
+
+def _upsert_sql() -> str:
+    cols = ", ".join(("task_id",) + TASK_FIELDS + ("created_at",))
+    defaults = {"status": "'pending'", "status_ts": "0", "progress": "0", "retries": "0",
+                "metadata": "'{}'::jsonb", "tags": "'{}'::text[]", "updated_at": "now()"}
+    values = ["%(task_id)s"]
+    for f in TASK_FIELDS:
+        values.append(f"COALESCE(%({f})s, {defaults[f]})" if f in defaults else f"%({f})s")
+    values.append("now()")
+    newer = "(%(status)s::text IS NOT NULL AND %(status_ts)s::float8 >= t.status_ts)"
+    sets = []
+    for f in TASK_FIELDS:
+        if f == "status":
+            sets.append(f"status = CASE WHEN {newer} THEN %(status)s::text ELSE t.status END")
+        elif f == "status_ts":
+            sets.append(f"status_ts = CASE WHEN {newer} THEN %(status_ts)s::float8 ELSE t.status_ts END")
+        elif f == "metadata":
+            sets.append("metadata = t.metadata || COALESCE(%(metadata)s, '{}'::jsonb)")
+        elif f == "tags":
+            sets.append("tags = CASE WHEN cardinality(%(tags)s::text[]) > 0 THEN %(tags)s::text[] ELSE t.tags END")
+        elif f == "updated_at":
+            sets.append("updated_at = GREATEST(t.updated_at, COALESCE(%(updated_at)s, now()))")
+        elif f in defaults:
+            # EXCLUDED holds the insert default here, not "no value": use the parameter.
+            sets.append(f"{f} = COALESCE(%({f})s, t.{f})")
+        else:
+            sets.append(f"{f} = COALESCE(EXCLUDED.{f}, t.{f})")
+    return (
+        f"INSERT INTO tracker_tasks AS t ({cols}) VALUES ({', '.join(values)}) "
+        f"ON CONFLICT (task_id) DO UPDATE SET {', '.join(sets)}"
+    )
+
+
+_UPSERT = _upsert_sql()
+_LOG_COPY = (
+    "COPY tracker_logs (task_id, ts, levelno, level, message, source, user_id, context, traceback, attachments) "
+    "FROM STDIN"
+)
+_PROGRESS_COPY = "COPY tracker_progress (task_id, ts, progress, current_step) FROM STDIN"
+_METRIC_COPY = "COPY tracker_metrics (name, value, unit, labels, task_id, task_type, user_id, ts) FROM STDIN"
+_WORKER_UPSERT = (
+    "INSERT INTO tracker_workers (worker_id, hostname, pid, heartbeat_at, cpu_percent, rss_bytes, active) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, "
+    "cpu_percent = EXCLUDED.cpu_percent, rss_bytes = EXCLUDED.rss_bytes, active = EXCLUDED.active"
+)
+_MEDIAN_SQL = (
+    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) "
+    "FROM (SELECT started_at, finished_at FROM tracker_tasks WHERE task_type = %s AND status = 'completed' "
+    "AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 50) r"
+)
+
+
+def _clean(text: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL characters.
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def merge_task_state(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Fold a newer partial update into a pending one: the status with the newer
+    ``status_ts`` wins, metadata merges, everything else takes the latest non-None value."""
+    for key, value in update.items():
+        if value is None:
+            continue
+        if key == "status":
+            if into.get("status") is not None and update.get("status_ts", 0.0) < into.get("status_ts", 0.0):
+                continue
+            into["status"] = value
+            into["status_ts"] = update.get("status_ts", 0.0)
+        elif key == "status_ts":
+            continue
+        elif key == "metadata" and into.get("metadata"):
+            into["metadata"] = {**into["metadata"], **value}
+        else:
+            into[key] = value
+
+
+class Recorder:
+    """Batched, buffered writer; every public method is non-blocking and never raises."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        flush_interval: float = 0.2,
+        buffer_max: int = 100_000,
+        name: str = "tracker-recorder",
+    ) -> None:
+        self.dsn = psycopg_url(database_url)
+        self.flush_interval = flush_interval
+        self.buffer_max = buffer_max
+        self._lock = threading.Lock()
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._logs: list[tuple[Any, ...]] = []
+        self._progress: list[tuple[Any, ...]] = []
+        self._metrics: list[tuple[Any, ...]] = []
+        self._workers: dict[str, tuple[Any, ...]] = {}
+        self._seq = 0  # bumped by every enqueue
+        self._done_seq = 0  # everything up to this has been committed
+        self._done = threading.Condition(threading.Lock())
+        self._wake = threading.Event()
+        self._closed = False
+        self._conn: psycopg.Connection[Any] | None = None
+        self._backoff = 0.0
+        self._medians: dict[str, tuple[float, float | None]] = {}
+        self._median_wanted: set[str] = set()
+        self.ticks: list[Callable[[], None]] = []
+        self.dropped: dict[str, int] = {"logs": 0, "progress": 0, "metrics": 0, "tasks": 0}
+        self.written: dict[str, int] = {"logs": 0, "progress": 0, "metrics": 0, "tasks": 0}
+        self.failures = 0
+        self.connected = False
+        self._reported_drops = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    # -- enqueue (hot path) -------------------------------------------------------------
+    def task(self, task_id: str, **fields: Any) -> None:
+        """Merge a partial task-state update (keys from :data:`TASK_FIELDS`)."""
+        with self._lock:
+            pending = self._tasks.get(task_id)
+            if pending is None:
+                if len(self._tasks) >= self.buffer_max:
+                    self.dropped["tasks"] += 1
+                    return
+                if fields.get("status") is not None:
+                    fields.setdefault("status_ts", 0.0)
+                self._tasks[task_id] = fields
+            else:
+                merge_task_state(pending, fields)
+            self._seq += 1
+
+    def progress_point(self, task_id: str, ts: float, progress: float, current_step: str | None) -> None:
+        with self._lock:
+            if len(self._progress) >= self.buffer_max:
+                self.dropped["progress"] += 1
+                return
+            self._progress.append((task_id, ts, progress, current_step))
+            self._seq += 1
+
+    def log(
+        self,
+        task_id: str | None,
+        ts: float,
+        levelno: int,
+        level: str,
+        message: str,
+        source: str | None = None,
+        user_id: str | None = None,
+        context: dict[str, Any] | None = None,
+        traceback: str | None = None,
+        attachments: list[Any] | None = None,
+    ) -> None:
+        with self._lock:
+            if len(self._logs) >= self.buffer_max:
+                self.dropped["logs"] += 1
+                return
+            self._logs.append((task_id, ts, levelno, level, message, source, user_id, context, traceback,
+                               attachments))
+            self._seq += 1
+
+    def metric(
+        self,
+        name: str,
+        value: float,
+        unit: str | None = None,
+        labels: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        task_type: str | None = None,
+        user_id: str | None = None,
+        ts: float | None = None,
+    ) -> None:
+        with self._lock:
+            if len(self._metrics) >= self.buffer_max:
+                self.dropped["metrics"] += 1
+                return
+            self._metrics.append((name, value, unit, labels, task_id, task_type, user_id,
+                                  time.time() if ts is None else ts))
+            self._seq += 1
+
+    def worker(self, worker_id: str, hostname: str, pid: int, cpu: float | None, rss: int | None,
+               active: int) -> None:
+        with self._lock:
+            self._workers[worker_id] = (worker_id, hostname, pid, time.time(), cpu, rss, active)
+            self._seq += 1
+
+    def wake(self) -> None:
+        """Commit now instead of at the next interval (for terminal states)."""
+        self._wake.set()
+
+    # -- reads served from the writer's connection --------------------------------------
+    def median_runtime(self, task_type: str) -> float | None:
+        """Recent median run time of ``task_type`` (cached; refreshed in the background)."""
+        cached = self._medians.get(task_type)
+        if cached is None or time.monotonic() - cached[0] > 60:
+            self._median_wanted.add(task_type)
+        return cached[1] if cached else None
+
+    # -- synchronisation ------------------------------------------------------------------
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until everything enqueued before the call is committed; False on timeout."""
+        with self._lock:
+            target = self._seq
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._done:
+            while self._done_seq < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return self._done_seq >= target
+                self._done.wait(min(left, 0.05))
+                self._wake.set()
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=2)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+        _live.discard(self)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            buffered = len(self._logs) + len(self._progress) + len(self._metrics) + len(self._tasks)
+        return {"buffered": buffered, "dropped": dict(self.dropped), "written": dict(self.written),
+                "failures": self.failures, "connected": self.connected}
+
+    # -- the writer thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        next_tick = time.monotonic()
+        while True:
+            self._wake.wait(self.flush_interval if self._backoff == 0 else self._backoff)
+            self._wake.clear()
+            closing = self._closed
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                for tick in list(self.ticks):
+                    try:
+                        tick()
+                    except Exception:
+                        logger.debug("tracker tick failed", exc_info=True)
+            try:
+                self._flush_once()
+            except Exception:
+                logger.exception("tracker recorder: unexpected error")
+            if closing:
+                return
+
+    def _take(self) -> tuple[int, dict[str, dict[str, Any]], list[Any], list[Any], list[Any], list[Any]]:
+        with self._lock:
+            seq = self._seq
+            batch = (seq, self._tasks, self._logs, self._progress, self._metrics, list(self._workers.values()))
+            self._tasks, self._logs, self._progress, self._metrics, self._workers = {}, [], [], [], {}
+        return batch
+
+    def _put_back(self, tasks: dict[str, dict[str, Any]], logs: list[Any], progress: list[Any],
+                  metrics: list[Any]) -> None:
+        """Return a failed batch to the front of the buffers, within the bound."""
+        with self._lock:
+            for task_id, state in tasks.items():
+                newer = self._tasks.get(task_id)
+                if newer is not None:
+                    merge_task_state(state, newer)
+                self._tasks[task_id] = state
+            for name, old, attr in (("logs", logs, "_logs"), ("progress", progress, "_progress"),
+                                    ("metrics", metrics, "_metrics")):
+                merged = old + getattr(self, attr)
+                over = len(merged) - self.buffer_max
+                if over > 0:
+                    self.dropped[name] += over
+                    merged = merged[over:]
+                setattr(self, attr, merged)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=3)
+        return self._conn
+
+    def _flush_once(self) -> None:
+        seq, tasks, logs, progress, metrics, workers = self._take()
+        wanted = list(self._median_wanted)
+        if not (tasks or logs or progress or metrics or workers or wanted):
+            self._mark_done(seq)
+            return
+        try:
+            conn = self._connect()
+            with conn.cursor() as cur:
+                self._write(cur, tasks, logs, progress, metrics, workers)
+                for task_type in wanted:
+                    cur.execute(_MEDIAN_SQL, (task_type,))
+                    row = cur.fetchone()
+                    self._medians[task_type] = (time.monotonic(), row[0] if row else None)
+                    self._median_wanted.discard(task_type)
+            conn.commit()
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            self._on_outage(exc)
+            self._put_back(tasks, logs, progress, metrics)
+            return
+        except Exception as exc:
+            # Bad data in one row must not poison the rest: write each kind on its own.
+            logger.warning("tracker recorder: batch rejected (%s); writing it part by part", exc)
+            self._rollback()
+            self._write_parts(tasks, logs, progress, metrics, workers)
+        if not self.connected and self.failures:
+            logger.warning("tracker recorder: PostgreSQL is back; buffered records written")
+        self.connected = True
+        self._backoff = 0.0
+        self._report_drops()
+        self._mark_done(seq)
+
+    def _write(self, cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]], logs: list[Any],
+               progress: list[Any], metrics: list[Any], workers: list[Any]) -> None:
+        if tasks:
+            cur.executemany(_UPSERT, [self._task_params(k, v) for k, v in tasks.items()])
+        if logs:
+            with cur.copy(_LOG_COPY) as cp:
+                for r in logs:
+                    cp.write_row((r[0], _dt(r[1]), r[2], r[3], _clean(r[4]), r[5], r[6], dumps(r[7] or {}),
+                                  _clean(r[8]), dumps(r[9] or [])))
+        if progress:
+            with cur.copy(_PROGRESS_COPY) as cp:
+                for r in progress:
+                    cp.write_row((r[0], _dt(r[1]), r[2], r[3]))
+        if metrics:
+            with cur.copy(_METRIC_COPY) as cp:
+                for r in metrics:
+                    cp.write_row((r[0], r[1], r[2], dumps(r[3] or {}), r[4], r[5], r[6], _dt(r[7])))
+        if workers:
+            cur.executemany(_WORKER_UPSERT, [(w[0], w[1], w[2], _dt(w[3]), w[4], w[5], w[6]) for w in workers])
+        self.written["tasks"] += len(tasks)
+        self.written["logs"] += len(logs)
+        self.written["progress"] += len(progress)
+        self.written["metrics"] += len(metrics)
+
+    def _write_parts(self, tasks: dict[str, dict[str, Any]], logs: list[Any], progress: list[Any],
+                     metrics: list[Any], workers: list[Any]) -> None:
+        parts: list[tuple[str, tuple[Any, ...]]] = [
+            ("tasks", ({k: v}, [], [], [], [])) for k, v in tasks.items()
+        ]
+        parts += [("logs", ({}, logs, [], [], [])), ("progress", ({}, [], progress, [], [])),
+                  ("metrics", ({}, [], [], metrics, [])), ("workers", ({}, [], [], [], workers))]
+        for kind, args in parts:
+            if not any(args):
+                continue
+            try:
+                conn = self._connect()
+                with conn.cursor() as cur:
+                    self._write(cur, *args)
+                conn.commit()
+            except Exception as exc:
+                self._rollback()
+                n = sum(len(a) for a in args)
+                if kind in self.dropped:
+                    self.dropped[kind] += n
+                logger.error("tracker recorder: %d %s rejected by PostgreSQL and dropped: %s", n, kind, exc)
+
+    def _rollback(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            except Exception:
+                self._conn = None
+
+    def _on_outage(self, exc: Exception) -> None:
+        self.failures += 1
+        if self.connected or self.failures == 1:
+            logger.warning("tracker recorder: cannot write to PostgreSQL (%s); buffering", exc)
+        self.connected = False
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+        self._backoff = min(2.0, max(0.05, self._backoff * 2))
+
+    def _report_drops(self) -> None:
+        total = sum(self.dropped.values())
+        if total > self._reported_drops:
+            logger.warning("tracker recorder: buffer bound dropped records: %s", self.dropped)
+            self.metric("tracker.recorder.dropped", float(total - self._reported_drops), unit="count")
+            self._reported_drops = total
+
+    def _mark_done(self, seq: int) -> None:
+        with self._done:
+            if seq > self._done_seq:
+                self._done_seq = seq
+            self._done.notify_all()
+
+    @staticmethod
+    def _task_params(task_id: str, state: dict[str, Any]) -> dict[str, Any]:
+        params: dict[str, Any] = {"task_id": task_id}
+        for f in TASK_FIELDS:
+            v = state.get(f)
+            if v is not None:
+                if f in _TS_FIELDS:
+                    v = _dt(v)
+                elif f in _JSON_FIELDS:
+                    v = Jsonb(v, dumps=dumps)
+                elif isinstance(v, str):
+                    v = _clean(v)
+            params[f] = v
+        if params["tags"] is None:
+            params["tags"] = []
+        return params
+
+
+_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
+
+if hasattr(os, "register_at_fork"):
+    # A forked child must not touch the parent's writer (its thread and locks are gone).
+    os.register_at_fork(after_in_child=_live.clear)
+
+
+@atexit.register
+def _flush_all_at_exit() -> None:
+    for rec in list(_live):
+        try:
+            rec.close(timeout=5)
+        except Exception:
+            pass

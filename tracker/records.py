@@ -1,0 +1,122 @@
+"""Plain immutable records returned by :class:`tracker.Tracker` and the REST API."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+__all__ = ["TaskRecord", "LogRecord", "MetricRecord", "NotificationRecord", "ProgressPoint", "to_jsonable"]
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+class _Record:
+    @classmethod
+    def from_row(cls, row: Any) -> Any:
+        """Build from a SQLAlchemy row mapping (column names as in the query builders)."""
+        m = row._mapping if hasattr(row, "_mapping") else row
+        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+        return cls(**{n: m[n] for n in names if n in m})
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(asdict(self))  # type: ignore[call-overload, no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord(_Record):
+    task_id: str
+    name: str | None = None
+    task_type: str | None = None
+    user_id: str | None = None
+    status: str = "pending"
+    progress: float = 0.0
+    current_step: str | None = None
+    step_index: int | None = None
+    total_steps: int | None = None
+    eta_seconds: float | None = None
+    queue: str | None = None
+    worker: str | None = None
+    retries: int = 0
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+    published_at: datetime | None = None
+    received_at: datetime | None = None
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    stalled_at: datetime | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Run time in seconds (so far, for a running task)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or self.updated_at
+        return None if end is None else max(0.0, (end - self.started_at).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressPoint(_Record):
+    ts: datetime
+    progress: float
+    current_step: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord(_Record):
+    id: int
+    task_id: str | None
+    ts: datetime
+    level: str
+    message: str
+    source: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    traceback: str | None = None
+    attachments: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRecord(_Record):
+    name: str
+    value: float
+    unit: str | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+    task_id: str | None = None
+    user_id: str | None = None
+    ts: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord(_Record):
+    id: int
+    user_id: str | None
+    title: str
+    message: str = ""
+    type: str = "info"
+    priority: str = "normal"
+    channels: list[str] = field(default_factory=list)
+    task_id: str | None = None
+    action_url: str | None = None
+    is_read: bool = False
+    read_at: datetime | None = None
+    created_at: datetime | None = None
+    delivery: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)

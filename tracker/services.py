@@ -1,0 +1,197 @@
+"""Throw-away PostgreSQL and Redis servers started from the local binaries.
+
+Used by ``tracker demo`` and the test suite when no server URLs are configured. PostgreSQL
+refuses to run as root, so when we are root it is run as the ``postgres`` system user in a
+directory that user owns.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["free_port", "PostgresServer", "RedisServer", "find_pg_bin"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_pg_bin(name: str) -> str:
+    """Locate a PostgreSQL server binary (Debian keeps them out of PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=_version_key, reverse=True)
+    if candidates:
+        return candidates[0]
+    raise FileNotFoundError(f"{name} not found: install PostgreSQL 15+ (apt-get install -y postgresql)")
+
+
+def _version_key(path: str) -> int:
+    try:
+        return int(Path(path).parts[-3])
+    except (ValueError, IndexError):
+        return 0
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster in a temporary directory."""
+
+    def __init__(self, port: int | None = None, dbname: str = "tracker") -> None:
+        self.port = port or free_port()
+        self.dbname = dbname
+        self.root = Path(tempfile.mkdtemp(prefix="tracker-pg-"))
+        self.datadir = self.root / "data"
+        self._as_postgres = os.geteuid() == 0
+        self._initialised = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.dbname}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        cmd = list(args)
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, check=check, capture_output=True, cwd=self.root)
+
+    def start(self) -> PostgresServer:
+        if not self._initialised:
+            if self._as_postgres:
+                shutil.chown(self.root, "postgres", "postgres")
+            self._run(
+                find_pg_bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust",
+                "-E", "UTF8", "--no-sync", "--locale=C.UTF-8",
+            )
+            conf = self.datadir / "postgresql.conf"
+            with conf.open("a") as f:
+                # A throw-away cluster: speed over crash safety, small footprint.
+                f.write(
+                    "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                    "max_connections = 300\nshared_buffers = 256MB\nlisten_addresses = '127.0.0.1'\n"
+                    f"unix_socket_directories = '{self.root}'\nlog_min_messages = warning\n"
+                )
+            self._initialised = True
+        self._pg_ctl("start")
+        _wait_port(self.port, 30)
+        self._ensure_db()
+        return self
+
+    def _pg_ctl(self, action: str, mode: str = "fast") -> None:
+        args = [find_pg_bin("pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60", "-l", str(self.root / "log")]
+        if action == "start":
+            args += ["-o", f"-p {self.port}", "start"]
+        else:
+            args += ["-m", mode, action]
+        result = self._run(*args, check=False)
+        if result.returncode != 0 and action == "start":
+            log = (self.root / "log").read_text(errors="replace") if (self.root / "log").exists() else ""
+            raise RuntimeError(f"pg_ctl {action} failed: {result.stderr.decode()} {log[-2000:]}")
+
+    def _ensure_db(self) -> None:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.dbname}"')
+
+    def stop(self, mode: str = "fast") -> None:
+        self._pg_ctl("stop", mode)
+
+    def restart(self) -> None:
+        self.stop()
+        self._pg_ctl("start")
+        _wait_port(self.port, 30)
+
+    def cleanup(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, persisting nothing unless asked."""
+
+    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="tracker-redis-"))
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if not exe:
+            raise FileNotFoundError("redis-server not found: apt-get install -y redis-server")
+        args = [
+            exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "no", "--protected-mode", "no", "--loglevel", "warning",
+            "--maxclients", "20000",
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, 15, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """Kill -9: no chance to persist anything."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
