@@ -15,6 +15,7 @@ import redis
 from sqlalchemy import Engine, create_engine, delete, func, select, update
 from sqlalchemy.engine import Row
 
+from tracker import control
 from tracker import queries as q
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
@@ -23,7 +24,7 @@ from tracker.models import Notification, Task
 from tracker.recorder import Recorder
 from tracker.records import LogRecord, MetricRecord, NotificationRecord, ProgressPoint, TaskRecord, to_jsonable
 from tracker.reporter import Reporter
-from tracker.status import TERMINAL, Status, check_progress, check_status
+from tracker.status import Status, check_progress, check_status
 
 __all__ = ["Tracker", "Page", "EXPORT_FIELDS"]
 
@@ -202,43 +203,28 @@ class Tracker:
         return row is not None
 
     # -- control -----------------------------------------------------------------------------------
-    def _control(self, task_id: str, value: str | None) -> None:
-        key = self.config.control_key(task_id)
-        if value is None:
-            self.redis.delete(key)
-        else:
-            # Expire eventually: a control flag for a task that never runs must not linger.
-            self.redis.set(key, value, ex=7 * 86400)
+    def _apply(self, task_id: str, action: str, terminate: bool = False) -> bool:
+        plan = control.apply_sync(self.redis, self.config.prefix, self._require(task_id), action,
+                                  reporter=self.reporter, celery_app=self.app, terminate=terminate)
+        if plan.mark_cancelled:
+            self.reporter.flush(5)
+        return plan.allowed
 
     def pause(self, task_id: str) -> bool:
-        """Ask a running ``TrackedTask`` to pause at its next progress()/checkpoint()."""
-        record = self._require(task_id)
-        if Status(record.status) in TERMINAL:
-            return False
-        self._control(task_id, "pause")
-        return True
+        """Ask a running ``TrackedTask`` to pause at its next progress()/checkpoint().
+
+        Returns False when the task has already finished; raises KeyError for an unknown id.
+        """
+        return self._apply(task_id, "pause")
 
     def resume(self, task_id: str) -> bool:
-        record = self._require(task_id)
-        if Status(record.status) in TERMINAL:
-            return False
-        self._control(task_id, None)
-        return True
+        return self._apply(task_id, "resume")
 
     def cancel(self, task_id: str, terminate: bool = False) -> bool:
-        """Cancel a task: a queued one never runs, a running ``TrackedTask`` stops at its next
-        progress()/checkpoint() (``terminate=True`` also kills it through Celery)."""
-        record = self._require(task_id)
-        if Status(record.status) in TERMINAL:
-            return False
-        self._control(task_id, "cancel")
-        if self.app is not None:
-            self.app.control.revoke(task_id, terminate=terminate)
-        if record.status == Status.PENDING.value:
-            self.reporter.status(task_id, "cancelled", user_id=record.user_id, reason="cancelled",
-                                 error_type="cancelled", error_message="cancelled before it started")
-            self.reporter.flush(5)
-        return True
+        """Cancel a task: a queued one never runs (it is revoked when the Tracker knows the
+        Celery app), a running ``TrackedTask`` stops at its next progress()/checkpoint();
+        ``terminate=True`` also kills it through Celery."""
+        return self._apply(task_id, "cancel", terminate)
 
     def _require(self, task_id: str) -> TaskRecord:
         record = self.get(task_id)

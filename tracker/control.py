@@ -1,0 +1,89 @@
+"""Pause, resume and cancel: one decision, applied from the Python API, REST, CLI and feed.
+
+A control request sets ``{prefix}:control:{task_id}`` (``pause`` or ``cancel``; resume
+deletes it). A running ``TrackedTask`` reads it at most every ``control_interval`` inside
+``progress()``/``track()``/``checkpoint()``. A task still queued is also revoked through
+Celery (when an app is known) and recorded ``cancelled`` at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tracker.reporter import Reporter
+from tracker.status import TERMINAL, Status
+
+__all__ = ["ACTIONS", "ControlPlan", "plan", "apply_sync", "apply_async", "CONTROL_TTL"]
+
+ACTIONS = ("pause", "resume", "cancel")
+#: A flag for a task that never runs again must not linger forever.
+CONTROL_TTL = 7 * 86400
+
+
+@dataclass(frozen=True)
+class ControlPlan:
+    allowed: bool
+    reason: str = ""
+    value: str | None = None  # what to store in the control key; None deletes it
+    revoke: bool = False
+    mark_cancelled: bool = False
+
+
+def plan(status: str, action: str) -> ControlPlan:
+    """What ``action`` means for a task currently in ``status``."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    st = Status(status)
+    if st in TERMINAL:
+        return ControlPlan(False, f"task already {st.value}")
+    if action == "pause":
+        return ControlPlan(True, value="pause")
+    if action == "resume":
+        return ControlPlan(True, value=None)
+    return ControlPlan(True, value="cancel", revoke=True, mark_cancelled=st is Status.PENDING)
+
+
+def _mark(reporter: Reporter | None, task: Any) -> None:
+    if reporter is not None:
+        reporter.status(task.task_id, "cancelled", user_id=task.user_id, reason="cancelled",
+                        error_type="cancelled", error_message="cancelled before it started")
+
+
+def apply_sync(redis: Any, prefix: str, task: Any, action: str, *, reporter: Reporter | None = None,
+               celery_app: Any = None, terminate: bool = False) -> ControlPlan:
+    """Carry out ``action`` on ``task`` (a ``TaskRecord``) with a synchronous Redis client."""
+    p = plan(task.status, action)
+    if not p.allowed:
+        return p
+    key = f"{prefix}:control:{task.task_id}"
+    if p.value is None:
+        redis.delete(key)
+    else:
+        redis.set(key, p.value, ex=CONTROL_TTL)
+    if p.revoke and celery_app is not None:
+        celery_app.control.revoke(task.task_id, terminate=terminate)
+    if p.mark_cancelled:
+        _mark(reporter, task)
+    return p
+
+
+async def apply_async(redis: Any, prefix: str, task: Any, action: str, *, reporter: Reporter | None = None,
+                      celery_app: Any = None, terminate: bool = False) -> ControlPlan:
+    """The same as :func:`apply_sync` with an asyncio Redis client."""
+    p = plan(task.status, action)
+    if not p.allowed:
+        return p
+    key = f"{prefix}:control:{task.task_id}"
+    if p.value is None:
+        await redis.delete(key)
+    else:
+        await redis.set(key, p.value, ex=CONTROL_TTL)
+    if p.revoke and celery_app is not None:
+        import asyncio
+
+        # revoke() publishes a broadcast over the broker: keep it off the event loop.
+        await asyncio.to_thread(celery_app.control.revoke, task.task_id, terminate=terminate)
+    if p.mark_cancelled:
+        _mark(reporter, task)
+    return p

@@ -1,0 +1,75 @@
+"""The gateway's application factory and runner."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tracker.bus import EventBus
+from tracker.config import TrackerConfig, sqlalchemy_url
+from tracker.recorder import Recorder
+from tracker.reporter import Reporter
+from webgate import dashboard, feed, health, notifier, rest
+from webgate.errors import error_middleware
+from webgate.keys import CELERY_APP, CONFIG, ENGINE, GATEWAY_ID, REDIS, REPORTER
+
+__all__ = ["create_app", "run_gateway"]
+
+logger = logging.getLogger("webgate")
+
+MAX_BODY = 1024 * 1024
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    """Database engine, Redis client and the write path, for the app's lifetime."""
+    config = app[CONFIG]
+    app[ENGINE] = create_async_engine(sqlalchemy_url(config.require_database()), pool_size=10, max_overflow=10,
+                                      pool_pre_ping=True)
+    app[REDIS] = aioredis.Redis.from_url(config.require_redis(), socket_connect_timeout=3,
+                                         health_check_interval=10)
+    recorder = Recorder(config.require_database(), flush_interval=config.flush_interval,
+                        buffer_max=config.buffer_max, name="webgate-recorder")
+    bus = EventBus(config.require_redis(), prefix=config.prefix, maxlen=config.stream_maxlen,
+                   progress_interval=config.progress_interval, buffer_max=config.buffer_max, name="webgate-bus")
+    app[REPORTER] = Reporter(recorder, bus)
+    yield
+    app[REPORTER].close(timeout=5)
+    await app[REDIS].aclose()
+    await app[ENGINE].dispose()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "gateway": request.app[GATEWAY_ID]})
+
+
+def create_app(config: TrackerConfig | None = None, *, celery_app: Any = None) -> web.Application:
+    """Build the gateway: WebSocket feed, REST API, notifier, sweeper and dashboard."""
+    config = config or TrackerConfig.from_env()
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app[CONFIG] = config
+    app[CELERY_APP] = celery_app
+    app[GATEWAY_ID] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    app.cleanup_ctx.append(_resources)
+    app.router.add_get("/healthz", healthz)
+    feed.setup(app)
+    rest.setup(app)
+    notifier.setup(app)
+    health.setup(app)
+    dashboard.setup(app)
+    return app
+
+
+def run_gateway(config: TrackerConfig, host: str = "127.0.0.1", port: int = 8765, *, celery_app: Any = None) -> None:
+    """Serve until SIGTERM/SIGINT, then close sockets (1001) and flush writes."""
+    if config.secret == "change-me":
+        logger.warning("TRACKER_SECRET is not set: tokens are signed with a default secret")
+    web.run_app(create_app(config, celery_app=celery_app), host=host, port=port, shutdown_timeout=5,
+                access_log=None, print=lambda *a: logger.info(*a) if a else None)
