@@ -201,3 +201,104 @@ def make_worker(tracker_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
     yield make
     for w in started:
         w.stop()
+
+
+# -- gateway -----------------------------------------------------------------------------------------
+class Gateway:
+    """A gateway on a real port: in this test's event loop (``gateway``) or in a subprocess
+    (``gateway_process``)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/api/v1/progress/ws"
+        self.api = f"{self.base}/api/v1/progress"
+
+
+def make_token(user_id: str, admin: bool = False, ttl: int = 3600) -> str:
+    from webgate.auth import make_token as mint
+
+    return mint(SECRET, user_id, admin=admin, ttl=ttl)
+
+
+@pytest.fixture()
+async def gateway(tracker_env: dict[str, str]) -> Any:
+    """The gateway app served in-process on a free port (the Celery test app attached)."""
+    from aiohttp import web
+
+    from tests.apps.tasks import app as celery_app
+    from tracker.services import free_port
+    from webgate import create_app
+
+    port = free_port()
+    app = create_app(TrackerConfig.from_env(), celery_app=celery_app)
+    runner = web.AppRunner(app, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    gw = Gateway(port)
+    gw.app = app  # type: ignore[attr-defined]
+    yield gw
+    await runner.cleanup()
+
+
+class GatewayProcess(Gateway):
+    """``tracker gateway`` in a subprocess: for restarts and signals."""
+
+    def __init__(self, env: dict[str, str], tmp: Path, port: int | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        from tracker.services import free_port
+
+        super().__init__(port or free_port())
+        self.env = {**os.environ, **env, **(extra_env or {}), "PYTHONPATH": str(ROOT)}
+        self.logfile = tmp / f"gateway-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        import urllib.request
+
+        log = self.logfile.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracker.cli", "--app", "tests.apps.worker", "gateway", "--host", "127.0.0.1",
+             "--port", str(self.port), "--no-migrate"],
+            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.logfile.read_text(errors='replace')[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, what="gateway /healthz")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode if self.proc is not None else None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture()
+def gateway_process(tracker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    started: list[GatewayProcess] = []
+
+    def make(**kw: Any) -> GatewayProcess:
+        gp = GatewayProcess(tracker_env, tmp_path, **kw)
+        started.append(gp)
+        return gp
+
+    yield make
+    for gp in started:
+        gp.stop()
