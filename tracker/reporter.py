@@ -72,6 +72,10 @@ class Reporter:
         data = {"status": "running", "name": name, "task_type": task_type or name, "tags": tags or [],
                 "started_at": ts, "eta_seconds": eta_seconds, "retries": fields.get("retries", 0),
                 "worker": fields.get("worker")}
+        # The feed routes `group:<id>` topics from these (as it does from task.pending).
+        for key in ("parent_id", "root_id", "group_id"):
+            if fields.get(key) is not None:
+                data[key] = fields[key]
         self._publish("task.started", task_id, user_id, data, ts)
 
     def progress(self, task_id: str, user_id: str | None, progress: float, *, current_step: str | None = None,
