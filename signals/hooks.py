@@ -22,7 +22,8 @@ from celery import signals as cs
 
 from signals import logcapture
 from signals.context import TrackingContext, current_context, from_headers, to_headers
-from signals.runtime import ActiveTask, Runtime, runtime_for, shutdown_all
+from signals.runtime import ActiveTask, Runtime, close_runtime, runtime_for, shutdown_all
+from signals.runtime import runtime_key as _runtime_key
 from tracker.config import TrackerConfig
 from tracker.events import dumps
 
@@ -443,9 +444,16 @@ def uninstall(app: Any = None) -> None:
     global _connected
     with _lock:
         if app is None:
+            removed = [entry[1] for entry in _installed.values()]
             _installed.clear()
         else:
-            _installed.pop(id(app), None)
+            entry = _installed.pop(id(app), None)
+            removed = [entry[1]] if entry else []
+        still_used = {_runtime_key(c) for _, c in _installed.values()}
+        for config in removed:
+            if _runtime_key(config) not in still_used:
+                # Flush what was recorded and stop the writer threads of this configuration.
+                close_runtime(config, timeout=5.0)
         if not _installed and _connected:
             for signal, receiver in _RECEIVERS:
                 signal.disconnect(receiver, dispatch_uid=_uid(receiver))

@@ -19,7 +19,7 @@ from tracker.config import TrackerConfig
 from tracker.recorder import Recorder
 from tracker.reporter import Reporter
 
-__all__ = ["Runtime", "ActiveTask", "runtime_for", "reset", "shutdown_all"]
+__all__ = ["Runtime", "ActiveTask", "runtime_for", "reset", "shutdown_all", "close_runtime", "runtime_key"]
 
 logger = logging.getLogger("signals.runtime")
 
@@ -112,14 +112,14 @@ _runtimes: dict[tuple[Any, ...], Runtime] = {}
 _pid = os.getpid()
 
 
-def _key(config: TrackerConfig) -> tuple[Any, ...]:
+def runtime_key(config: TrackerConfig) -> tuple[Any, ...]:
     return (config.database_url, config.redis_url, config.prefix)
 
 
 def runtime_for(config: TrackerConfig) -> Runtime:
     """The process's runtime for ``config``, created on first use."""
     global _pid
-    key = _key(config)
+    key = runtime_key(config)
     rt = _runtimes.get(key)
     if rt is not None and _pid == os.getpid():
         return rt
@@ -138,6 +138,19 @@ def reset() -> None:
     global _pid
     _runtimes.clear()
     _pid = os.getpid()
+
+
+def close_runtime(config: TrackerConfig, timeout: float = 10.0) -> None:
+    """Flush and stop this process's runtime for ``config``, if it has one."""
+    if _pid != os.getpid():
+        return
+    with _lock:
+        rt = _runtimes.pop(runtime_key(config), None)
+    if rt is not None:
+        try:
+            rt.close(timeout)
+        except Exception:
+            logger.exception("celery-tracking: flush at uninstall failed")
 
 
 def shutdown_all(timeout: float = 10.0) -> None:

@@ -132,9 +132,8 @@ def tracked_app(tracker_env: dict[str, str]) -> Iterator[Any]:
 
     signals.install(app)
     yield app
-    for rt in list(runtime._runtimes.values()):
-        rt.flush(5)
-    signals.uninstall(app)
+    signals.uninstall(app)  # flushes and stops this process's writers
+    assert not runtime._runtimes, "writers left running"
     assert not hooks.is_installed(), "receivers left connected"
 
 

@@ -263,6 +263,9 @@ class Recorder:
     def close(self, timeout: float = 10.0) -> None:
         if self._closed:
             return
+        if self.failures and not self.connected:
+            # The server is away: do not hold a shutting-down process for long.
+            timeout = min(timeout, 1.0)
         self.flush(timeout)
         self._closed = True
         self._wake.set()
