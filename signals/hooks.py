@@ -313,11 +313,12 @@ def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = 
     if active is not None:
         run_time = time.monotonic() - active.started
         cpu = time.process_time() - active.cpu0
-        common = {"task_id": task_id, "task_type": active.task_type, "user_id": active.user_id, "publish": False}
-        rt.reporter.metric("task.run_time", run_time, unit="seconds", **common)
-        rt.reporter.metric("task.cpu_time", cpu, unit="seconds", **common)
-        rt.reporter.metric("task.memory_growth", float(max(0, _maxrss() - active.rss0)), unit="bytes", **common)
-        rt.reporter.metric("task.retries", float(active.retries), unit="count", **common)
+        growth = float(max(0, _maxrss() - active.rss0))
+        for name, value, unit in (("task.run_time", run_time, "seconds"), ("task.cpu_time", cpu, "seconds"),
+                                  ("task.memory_growth", growth, "bytes"),
+                                  ("task.retries", float(active.retries), "count")):
+            rt.reporter.metric(name, value, unit=unit, task_id=task_id, task_type=active.task_type,
+                               user_id=active.user_id, publish=False)
     if rt.config.durable:
         rt.flush(timeout=10.0)
 

@@ -63,7 +63,7 @@ class Tracker:
     def __init__(self, database_url: str | None = None, redis_url: str | None = None, *,
                  config: TrackerConfig | None = None, app: Any = None) -> None:
         base = config or (TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env())
-        overrides = {}
+        overrides: dict[str, Any] = {}
         if database_url:
             overrides["database_url"] = database_url
         if redis_url:
@@ -342,9 +342,9 @@ class Tracker:
                     return
                 continue
             idle_since = time.monotonic()
-            for _stream, entries in resp:
-                for entry_id, fields in entries:
-                    event = decode(entry_id, fields)
+            for _stream, entries in resp:  # type: ignore[union-attr,str-unpack,misc]
+                for entry_id, fields in entries:  # type: ignore[union-attr,str-unpack,misc]
+                    event = decode(entry_id, fields)  # type: ignore[arg-type]
                     last = event.id or last
                     if task_id is not None and event.task_id != task_id:
                         continue

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Select,
@@ -43,6 +43,11 @@ __all__ = [
 ]
 
 MAX_LIMIT = 1000
+if TYPE_CHECKING:
+    #: A SELECT whose row shape depends on the query.
+    Stmt = Select[*tuple[Any, ...]]
+else:
+    Stmt = Select
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
 _AGGS = {"avg", "sum", "min", "max", "count", "p50", "p95", "p99"}
 _GROUPS = {"task_type": Task.task_type, "user_id": Task.user_id, "queue": Task.queue, "worker": Task.worker,
@@ -197,17 +202,17 @@ class TaskFilters:
         return w
 
 
-def _task_select() -> Select[Any]:
+def _task_select() -> Stmt:
     return select(*task_columns()).select_from(Task)
 
 
-def task_by_id(task_id: str) -> Select[Any]:
+def task_by_id(task_id: str) -> Stmt:
     if not isinstance(task_id, str):
         raise TypeError("task_id must be a string")
     return _task_select().where(Task.task_id == task_id)
 
 
-def tasks(filters: TaskFilters, limit: Any = None, cursor: Any = None) -> Select[Any]:
+def tasks(filters: TaskFilters, limit: Any = None, cursor: Any = None) -> Stmt:
     """Newest first; fetches ``limit + 1`` rows so the caller can tell if there is a next page."""
     n = check_limit(limit)
     q = _task_select().where(*filters.where())
@@ -223,14 +228,14 @@ def task_cursor(row: Any) -> str:
     return encode_cursor(m["created_at"], m["task_id"])
 
 
-def count_tasks(filters: TaskFilters) -> Select[Any]:
+def count_tasks(filters: TaskFilters) -> Stmt:
     return select(func.count()).select_from(Task).where(*filters.where())
 
 
 # -- logs ----------------------------------------------------------------------------------------------
 def logs(task_id: Any = None, min_level: Any = None, search: Any = None, since: Any = None, until: Any = None,
          limit: Any = None, cursor: Any = None, user_id: Any = None, newest_first: bool = False,
-         level: Any = None) -> Select[Any]:
+         level: Any = None) -> Stmt:
     """Log lines in time order (``newest_first`` reverses it); ``search`` is full-text."""
     n = check_limit(limit)
     q = select(TaskLog.id, TaskLog.task_id, TaskLog.ts, TaskLog.level, TaskLog.message, TaskLog.source,
@@ -270,8 +275,8 @@ def log_cursor(row: Any) -> str:
     return encode_cursor(m["ts"], m["id"])
 
 
-def log_stats(task_id: Any = None, since: Any = None, until: Any = None, user_id: Any = None) -> Select[Any]:
-    q = select(TaskLog.level, func.count().label("count")).select_from(TaskLog)
+def log_stats(task_id: Any = None, since: Any = None, until: Any = None, user_id: Any = None) -> Stmt:
+    q: Stmt = select(TaskLog.level, func.count().label("count")).select_from(TaskLog)
     task_id = _opt_str("task_id", task_id)
     if task_id is not None:
         q = q.where(TaskLog.task_id == task_id)
@@ -287,15 +292,16 @@ def log_stats(task_id: Any = None, since: Any = None, until: Any = None, user_id
 
 
 # -- progress and metrics ------------------------------------------------------------------------------
-def progress_history(task_id: str, limit: int = 10_000) -> Select[Any]:
+def progress_history(task_id: str, limit: int = 10_000) -> Stmt:
     if not isinstance(task_id, str):
         raise TypeError("task_id must be a string")
-    return (select(ProgressPoint.ts, ProgressPoint.progress, ProgressPoint.current_step)
+    q: Stmt = select(ProgressPoint.ts, ProgressPoint.progress, ProgressPoint.current_step)
+    return (q
             .where(ProgressPoint.task_id == task_id).order_by(ProgressPoint.ts, ProgressPoint.id).limit(limit))
 
 
 def metrics(name: Any = None, task_id: Any = None, since: Any = None, until: Any = None, limit: Any = None,
-            user_id: Any = None) -> Select[Any]:
+            user_id: Any = None) -> Stmt:
     n = check_limit(limit)
     q = select(Metric.name, Metric.value, Metric.unit, Metric.labels, Metric.task_id, Metric.user_id, Metric.ts)
     name = _opt_str("name", name)
@@ -316,7 +322,7 @@ def metrics(name: Any = None, task_id: Any = None, since: Any = None, until: Any
 
 
 def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = None, until: Any = None,
-                  task_type: Any = None, user_id: Any = None) -> Select[Any]:
+                  task_type: Any = None, user_id: Any = None) -> Stmt:
     """``(bucket_start, value)`` rows of one metric aggregated per time bucket."""
     if not isinstance(name, str) or not name:
         raise TypeError("metric name must be a non-empty string")
@@ -353,7 +359,7 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
 
 
 # -- stats --------------------------------------------------------------------------------------------
-def stats(since: Any = None, until: Any = None, group_by: Any = "task_type", user_id: Any = None) -> Select[Any]:
+def stats(since: Any = None, until: Any = None, group_by: Any = "task_type", user_id: Any = None) -> Stmt:
     """Per group: counts by status, success rate, p50/p95 duration and throughput per minute."""
     if group_by is not None and group_by not in _GROUPS:
         raise ValueError(f"group_by must be one of {sorted(_GROUPS)} or None")
@@ -394,7 +400,7 @@ def notification_columns() -> list[Any]:
 
 
 def notifications(user_id: Any = None, unread: Any = None, limit: Any = None, cursor: Any = None,
-                  type: Any = None, priority: Any = None) -> Select[Any]:
+                  type: Any = None, priority: Any = None) -> Stmt:
     n = check_limit(limit)
     q = select(*notification_columns())
     user_id = _opt_str("user_id", user_id)
@@ -416,8 +422,8 @@ def notifications(user_id: Any = None, unread: Any = None, limit: Any = None, cu
     return q.order_by(Notification.id.desc()).limit(n + 1)
 
 
-def notification_stats(user_id: Any = None) -> Select[Any]:
-    q = select(
+def notification_stats(user_id: Any = None) -> Stmt:
+    q: Stmt = select(
         func.count().label("total"),
         func.count().filter(Notification.is_read.is_(False)).label("unread"),
         func.count().filter(Notification.priority == "urgent").label("urgent"),
