@@ -15,31 +15,38 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    Integer,
     Select,
     and_,
     cast,
+    delete,
     extract,
     false,
     func,
+    insert,
     literal,
     literal_column,
     or_,
     select,
     text,
     true,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
-from tracker.models import Metric, Notification, ProgressPoint, Task, TaskLog
+from tracker.models import Dashboard, Metric, Notification, ProgressPoint, Task, TaskLog
 from tracker.status import check_status
 
 __all__ = [
     "encode_cursor", "decode_cursor", "parse_time", "parse_bucket", "level_number",
     "task_columns", "task_by_id", "tasks", "count_tasks", "logs", "progress_history", "metrics", "metric_series",
     "stats", "notifications", "notification_stats", "log_stats", "TaskFilters",
-    "MAX_LIMIT",
+    "MAX_LIMIT", "export_tasks", "delete_task", "delete_task_logs", "task_metrics", "status_counts",
+    "throughput_series", "activity_heatmap", "notification_by_id", "mark_notification_read", "delete_notification",
+    "dashboards", "dashboard_by_id", "insert_dashboard", "delete_dashboard", "task_counts",
+    "notification_deliveries", "metric_samples_after", "max_metric_id",
 ]
 
 MAX_LIMIT = 1000
@@ -218,6 +225,8 @@ def tasks(filters: TaskFilters, limit: Any = None, cursor: Any = None) -> Stmt:
     q = _task_select().where(*filters.where())
     if cursor is not None:
         created, task_id = decode_cursor(cursor, 2)
+        if not isinstance(task_id, str) or not isinstance(created, str):
+            raise ValueError("malformed cursor")
         created_dt = parse_time(created, "cursor")
         q = q.where(or_(Task.created_at < created_dt, and_(Task.created_at == created_dt, Task.task_id < task_id)))
     return q.order_by(Task.created_at.desc(), Task.task_id.desc()).limit(n + 1)
@@ -261,6 +270,8 @@ def logs(task_id: Any = None, min_level: Any = None, search: Any = None, since: 
                     .op("@@")(func.websearch_to_tsquery(literal_column("'simple'"), search)))
     if cursor is not None:
         ts, log_id = decode_cursor(cursor, 2)
+        if not isinstance(ts, str) or isinstance(log_id, bool) or not isinstance(log_id, int):
+            raise ValueError("malformed cursor")
         ts_dt = parse_time(ts, "cursor")
         if newest_first:
             q = q.where(or_(TaskLog.ts < ts_dt, and_(TaskLog.ts == ts_dt, TaskLog.id < int(log_id))))
@@ -442,3 +453,171 @@ def page(rows: Sequence[Any], limit: int, cursor_of: Any) -> tuple[list[Any], st
         rows = rows[:limit]
         return rows, cursor_of(rows[-1])
     return rows, None
+
+
+# -- webgate views: exports, deletes, charts, dashboards, Prometheus ------------------------------------
+def export_tasks(filters: TaskFilters) -> Stmt:
+    """Every task matching ``filters``, newest first, without a limit: for streamed exports."""
+    return _task_select().where(*filters.where()).order_by(Task.created_at.desc(), Task.task_id.desc())
+
+
+def delete_task(task_id: str) -> list[Any]:
+    """Statements deleting a task with its progress history, logs and metrics (run in one transaction)."""
+    if not isinstance(task_id, str):
+        raise TypeError("task_id must be a string")
+    return [delete(model).where(model.task_id == task_id) for model in (Task, ProgressPoint, TaskLog, Metric)]
+
+
+def delete_task_logs(task_id: str) -> Any:
+    if not isinstance(task_id, str):
+        raise TypeError("task_id must be a string")
+    return delete(TaskLog).where(TaskLog.task_id == task_id)
+
+
+def task_metrics(task_id: str, name: Any = None, limit: Any = None) -> Stmt:
+    """Raw samples recorded for one task, oldest first."""
+    n = check_limit(limit)
+    q = select(Metric.name, Metric.value, Metric.unit, Metric.labels, Metric.task_id, Metric.user_id, Metric.ts)
+    q = q.where(Metric.task_id == task_id)
+    name = _opt_str("name", name)
+    if name is not None:
+        q = q.where(Metric.name == name)
+    return q.order_by(Metric.ts, Metric.id).limit(n)
+
+
+def status_counts(filters: TaskFilters) -> Stmt:
+    """``(status, count)`` of the tasks matching ``filters``."""
+    q: Stmt = (select(Task.status, func.count().label("count")).where(*filters.where())
+               .group_by(Task.status).order_by(Task.status))
+    return q
+
+
+def throughput_series(bucket: Any = "5m", since: Any = None, until: Any = None, user_id: Any = None,
+                      task_type: Any = None) -> Stmt:
+    """``(bucket, task_type, finished, failed)``: tasks finished per time bucket and task type."""
+    width = parse_bucket(bucket)
+    start = func.date_bin(literal(width), Task.finished_at, literal(datetime(2000, 1, 1, tzinfo=UTC))).label("bucket")
+    q = select(start, Task.task_type, func.count().label("finished"),
+               func.count().filter(Task.status == "failed").label("failed"))
+    q = q.where(Task.finished_at.is_not(None))
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    if t0 is not None:
+        q = q.where(Task.finished_at >= t0)
+    if t1 is not None:
+        q = q.where(Task.finished_at < t1)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(Task.user_id == user_id)
+    task_type = _opt_str("task_type", task_type)
+    if task_type is not None:
+        q = q.where(Task.task_type == task_type)
+    return q.group_by(text("1"), Task.task_type).order_by(text("1"), Task.task_type)
+
+
+def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, task_type: Any = None,
+                     utc_offset_minutes: int = 0) -> Stmt:
+    """``(dow, hour, count)`` of tasks created, ISO weekday (1 = Monday) x hour in the given UTC offset."""
+    if isinstance(utc_offset_minutes, bool) or not isinstance(utc_offset_minutes, int):
+        raise TypeError("utc_offset must be an integer number of minutes")
+    if not -14 * 60 <= utc_offset_minutes <= 14 * 60:
+        raise ValueError("utc_offset must be between -840 and 840 minutes")
+    local = func.timezone("UTC", Task.created_at) + literal(timedelta(minutes=utc_offset_minutes))
+    dow = cast(extract("isodow", local), Integer).label("dow")
+    hour = cast(extract("hour", local), Integer).label("hour")
+    q: Stmt = select(dow, hour, func.count().label("count"))
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    if t0 is not None:
+        q = q.where(Task.created_at >= t0)
+    if t1 is not None:
+        q = q.where(Task.created_at < t1)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(Task.user_id == user_id)
+    task_type = _opt_str("task_type", task_type)
+    if task_type is not None:
+        q = q.where(Task.task_type == task_type)
+    return q.group_by(text("1"), text("2"))
+
+
+def notification_by_id(notification_id: int) -> Stmt:
+    if isinstance(notification_id, bool) or not isinstance(notification_id, int):
+        raise TypeError("notification_id must be an integer")
+    return select(*notification_columns()).where(Notification.id == notification_id)
+
+
+def mark_notification_read(notification_id: int, user_id: Any = None) -> Any:
+    """Mark read (keeping the first read time); returns the updated row."""
+    if isinstance(notification_id, bool) or not isinstance(notification_id, int):
+        raise TypeError("notification_id must be an integer")
+    stmt = update(Notification).where(Notification.id == notification_id)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        stmt = stmt.where(Notification.user_id == user_id)
+    stmt = stmt.values(is_read=True, read_at=func.coalesce(Notification.read_at, func.now()))
+    return stmt.returning(*notification_columns())
+
+
+def delete_notification(notification_id: int) -> Any:
+    if isinstance(notification_id, bool) or not isinstance(notification_id, int):
+        raise TypeError("notification_id must be an integer")
+    return delete(Notification).where(Notification.id == notification_id).returning(Notification.id)
+
+
+def dashboard_columns() -> list[Any]:
+    return list(Dashboard.__table__.c)
+
+
+def dashboards(user_id: Any = None, limit: Any = None, cursor: Any = None) -> Stmt:
+    n = check_limit(limit)
+    q = select(*dashboard_columns())
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        q = q.where(Dashboard.user_id == user_id)
+    if cursor is not None:
+        (last_id,) = decode_cursor(cursor, 1)
+        if isinstance(last_id, bool) or not isinstance(last_id, int):
+            raise ValueError("malformed cursor")
+        q = q.where(Dashboard.id < last_id)
+    return q.order_by(Dashboard.id.desc()).limit(n + 1)
+
+
+def dashboard_by_id(dashboard_id: int) -> Stmt:
+    if isinstance(dashboard_id, bool) or not isinstance(dashboard_id, int):
+        raise TypeError("dashboard_id must be an integer")
+    return select(*dashboard_columns()).where(Dashboard.id == dashboard_id)
+
+
+def insert_dashboard(user_id: str | None, name: str, widgets: list[Any]) -> Any:
+    return insert(Dashboard).values(user_id=user_id, name=name, widgets=widgets).returning(*dashboard_columns())
+
+
+def delete_dashboard(dashboard_id: int) -> Any:
+    if isinstance(dashboard_id, bool) or not isinstance(dashboard_id, int):
+        raise TypeError("dashboard_id must be an integer")
+    return delete(Dashboard).where(Dashboard.id == dashboard_id).returning(Dashboard.id)
+
+
+def task_counts() -> Stmt:
+    """``(task_type, status, count)`` over the whole store, for Prometheus gauges."""
+    q: Stmt = select(Task.task_type, Task.status, func.count().label("count"))
+    return q.group_by(Task.task_type, Task.status)
+
+
+def notification_deliveries() -> Stmt:
+    """``(channel, status, count)`` of notification deliveries (the ``delivery`` JSON of each row)."""
+    entry = func.jsonb_each(Notification.delivery).table_valued("key", "value").render_derived("d")
+    status = entry.c.value.op("->>")(literal_column("'status'"))
+    return (select(entry.c.key.label("channel"), status.label("status"), func.count().label("count"))
+            .select_from(Notification).join(entry, true())
+            .where(func.jsonb_typeof(Notification.delivery) == "object")
+            .group_by(text("1"), text("2")))
+
+
+def metric_samples_after(names: Sequence[str], after_id: int, limit: int = 10_000) -> Stmt:
+    """``(id, name, value, task_type)`` of samples newer than ``after_id``, for Prometheus histograms."""
+    q: Stmt = select(Metric.id, Metric.name, Metric.value, Metric.task_type)
+    return q.where(Metric.id > after_id, Metric.name.in_(list(names))).order_by(Metric.id).limit(limit)
+
+
+def max_metric_id() -> Stmt:
+    return select(func.coalesce(func.max(Metric.id), 0))
