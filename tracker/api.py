@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import IO, Any, TypeVar
 
 import redis
-from sqlalchemy import Engine, create_engine, delete, func, select, update
+from sqlalchemy import Engine, create_engine, delete, func, update
 from sqlalchemy.engine import Row
 
 from tracker import control
@@ -26,7 +27,7 @@ from tracker.records import LogRecord, MetricRecord, NotificationRecord, Progres
 from tracker.reporter import Reporter
 from tracker.status import Status, check_progress, check_status
 
-__all__ = ["Tracker", "Page", "EXPORT_FIELDS"]
+__all__ = ["Tracker", "Page", "EXPORT_FIELDS", "ExportEncoder", "export_chunks"]
 
 R = TypeVar("R")
 
@@ -305,7 +306,7 @@ class Tracker:
     def iter_tasks(self, batch: int = 1000, **filters: Any) -> Iterator[TaskRecord]:
         """All tasks matching ``filters``, streamed with a server-side cursor."""
         f = q.TaskFilters(**filters)
-        stmt = select(*q.task_columns()).where(*f.where()).order_by(Task.created_at.desc(), Task.task_id.desc())
+        stmt = q.export_tasks(f)
         with self.engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
             for row in result:
@@ -353,25 +354,49 @@ class Tracker:
                     yield event
 
 
+class ExportEncoder:
+    """Incremental CSV or JSON text of task records: ``start()``, ``rows(batch)``..., ``end()``.
+
+    Lets a caller that fetches batches asynchronously (the gateway) stream the same format
+    as :func:`export_chunks`.
+    """
+
+    def __init__(self, fmt: str) -> None:
+        if fmt not in ("csv", "json"):
+            raise ValueError("fmt must be 'csv' or 'json'")
+        self.fmt = fmt
+        self._first = True
+
+    def start(self) -> str:
+        if self.fmt == "json":
+            return "["
+        buf = io.StringIO()
+        csv.writer(buf).writerow(EXPORT_FIELDS)
+        return buf.getvalue()
+
+    def rows(self, records: Iterable[TaskRecord]) -> str:
+        buf = io.StringIO()
+        if self.fmt == "csv":
+            writer = csv.writer(buf)
+            for rec in records:
+                d = rec.to_dict()
+                writer.writerow([json.dumps(d[f]) if isinstance(d[f], (dict, list))
+                                 else ("" if d[f] is None else d[f]) for f in EXPORT_FIELDS])
+        else:
+            for rec in records:
+                buf.write(("" if self._first else ",\n") + json.dumps(rec.to_dict(), default=str))
+                self._first = False
+        return buf.getvalue()
+
+    def end(self) -> str:
+        return "]\n" if self.fmt == "json" else ""
+
+
 def export_chunks(records: Iterator[TaskRecord], fmt: str) -> Iterator[str]:
     """CSV or JSON text of ``records`` in chunks, for streaming to a file or a response."""
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(EXPORT_FIELDS)
-        for i, rec in enumerate(records):
-            d = rec.to_dict()
-            writer.writerow([json.dumps(d[f]) if isinstance(d[f], (dict, list)) else ("" if d[f] is None else d[f])
-                             for f in EXPORT_FIELDS])
-            if i % 500 == 499:
-                yield buf.getvalue()
-                buf.seek(0)
-                buf.truncate()
-        yield buf.getvalue()
-    else:
-        yield "["
-        first = True
-        for rec in records:
-            yield ("" if first else ",\n") + json.dumps(rec.to_dict(), default=str)
-            first = False
-        yield "]\n"
+    enc = ExportEncoder(fmt)
+    it = iter(records)
+    yield enc.start()
+    while batch := list(itertools.islice(it, 500)):
+        yield enc.rows(batch)
+    yield enc.end()
