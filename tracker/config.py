@@ -78,6 +78,16 @@ class TrackerConfig:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     public_url: str | None = None
+    #: Notifier: attempts per channel, first retry delay (doubles each time) and per-send timeout.
+    notify_max_attempts: int = 5
+    notify_retry_base: float = 2.0
+    notify_timeout: float = 10.0
+    #: Notifier bursts: per rule, user and task type, at most ``threshold`` notifications per
+    #: ``window`` seconds are sent one by one; the rest become one digest at the window's end.
+    notify_digest_window: float = 60.0
+    notify_digest_threshold: int = 5
+    #: Per user and window, at most this many rule notifications (0 = no limit); the rest are digested.
+    notify_rate_limit: int = 30
 
     @classmethod
     def _read(cls, getter: Any) -> TrackerConfig:

@@ -32,7 +32,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
@@ -45,6 +45,7 @@ __all__ = [
     "stats", "notifications", "notification_stats", "log_stats", "TaskFilters",
     "MAX_LIMIT", "export_tasks", "delete_task", "delete_task_logs", "task_metrics", "status_counts",
     "throughput_series", "activity_heatmap", "notification_by_id", "mark_notification_read", "delete_notification",
+    "mark_notification_unread", "undelivered_notifications",
     "dashboards", "dashboard_by_id", "insert_dashboard", "delete_dashboard", "task_counts",
     "notification_deliveries", "metric_samples_after", "max_metric_id",
 ]
@@ -539,10 +540,13 @@ def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, 
     return q.group_by(text("1"), text("2"))
 
 
-def notification_by_id(notification_id: int) -> Stmt:
+def notification_by_id(notification_id: int, user_id: Any = None) -> Stmt:
+    """One notification; with ``user_id`` only if it is that user's."""
     if isinstance(notification_id, bool) or not isinstance(notification_id, int):
         raise TypeError("notification_id must be an integer")
-    return select(*notification_columns()).where(Notification.id == notification_id)
+    q = select(*notification_columns()).where(Notification.id == notification_id)
+    user_id = _opt_str("user_id", user_id)
+    return q if user_id is None else q.where(Notification.user_id == user_id)
 
 
 def mark_notification_read(notification_id: int, user_id: Any = None) -> Any:
@@ -557,10 +561,36 @@ def mark_notification_read(notification_id: int, user_id: Any = None) -> Any:
     return stmt.returning(*notification_columns())
 
 
-def delete_notification(notification_id: int) -> Any:
+def mark_notification_unread(notification_id: int, user_id: Any = None) -> Any:
+    """Mark unread again; returns the updated row."""
     if isinstance(notification_id, bool) or not isinstance(notification_id, int):
         raise TypeError("notification_id must be an integer")
-    return delete(Notification).where(Notification.id == notification_id).returning(Notification.id)
+    stmt = update(Notification).where(Notification.id == notification_id)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        stmt = stmt.where(Notification.user_id == user_id)
+    return stmt.values(is_read=False, read_at=None).returning(*notification_columns())
+
+
+def delete_notification(notification_id: int, user_id: Any = None) -> Any:
+    """Delete one notification (only ``user_id``'s when given); returns its id when one matched."""
+    if isinstance(notification_id, bool) or not isinstance(notification_id, int):
+        raise TypeError("notification_id must be an integer")
+    stmt = delete(Notification).where(Notification.id == notification_id)
+    user_id = _opt_str("user_id", user_id)
+    if user_id is not None:
+        stmt = stmt.where(Notification.user_id == user_id)
+    return stmt.returning(Notification.id)
+
+
+def undelivered_notifications(created_after: datetime, created_before: datetime, limit: int = 500) -> Stmt:
+    """``(id, delivery)`` of notifications with a channel still pending or retrying: the notifier
+    queues them again when their entry in Redis was lost (a crash between storing and queueing)."""
+    waiting: Any = literal_column("""'$.* ? (@.status == "pending" || @.status == "retrying")'""")
+    q: Stmt = select(Notification.id, Notification.delivery)
+    return (q.where(Notification.created_at >= created_after, Notification.created_at < created_before,
+                    func.jsonb_path_exists(Notification.delivery, cast(waiting, JSONPATH)))
+            .order_by(Notification.id).limit(limit))
 
 
 def dashboard_columns() -> list[Any]:
