@@ -163,7 +163,9 @@ class RedisServer:
             "--appendfsync", "no", "--protected-mode", "no", "--loglevel", "warning",
             "--maxclients", "20000",
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Own session: a terminal's Ctrl-C must not kill Redis before the demo/tests stop their users.
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         _wait_port(self.port, 15, self.proc)
         return self
 

@@ -1,0 +1,1 @@
+"""Example projects using celery-tracking (``examples.demo_app`` drives ``tracker demo``)."""

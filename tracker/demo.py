@@ -1,0 +1,330 @@
+"""``tracker demo``: the whole system on one machine in one command.
+
+With no server URLs configured it starts throw-away PostgreSQL and Redis from the local
+binaries, migrates, starts a real prefork worker and the gateway as subprocesses, publishes
+the example workload of :mod:`examples.demo_app`, prints the dashboard URL with an admin
+token and shows live progress until Ctrl-C (or ``--once`` / ``--duration``). Everything it
+started is stopped in reverse order on the way out, whatever the reason: SIGINT, SIGTERM, an
+error or the end of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from rich.console import Console
+
+from tracker.cli import main
+from tracker.services import PostgresServer, RedisServer, free_port
+
+__all__ = ["demo", "project_root", "Child"]
+
+_TERMINAL = ("completed", "failed", "cancelled")
+
+
+def project_root() -> Path:
+    """The checkout holding ``examples/demo_app.py`` (this package's parent, else the cwd)."""
+    for candidate in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (candidate / "examples" / "demo_app.py").exists():
+            return candidate
+    raise click.ClickException("examples/demo_app.py not found: run `tracker demo` from the celery-tracking checkout")
+
+
+class Child:
+    """A subprocess in its own session (a terminal's Ctrl-C reaches only us; we stop it in order)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: Path, logfile: Path) -> None:
+        self.name = name
+        self.logfile = logfile
+        with logfile.open("ab") as log:
+            self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise click.ClickException(f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise click.ClickException(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (a warm shutdown: running tasks finish, buffers flush), then SIGKILL the group."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the session (pool children)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.proc.returncode
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """During shutdown a second Ctrl-C must not cut the clean-up short (it is bounded)."""
+
+
+class _Shutdown(ExitStack):
+    """Runs the clean-ups (in reverse order) with SIGINT/SIGTERM ignored: they are bounded,
+    and a second Ctrl-C must not leave a server or a worker behind."""
+
+    def __exit__(self, *exc: Any) -> bool:
+        signal.signal(signal.SIGINT, _ignore)
+        signal.signal(signal.SIGTERM, _ignore)
+        return bool(super().__exit__(*exc))
+
+
+def _wait_final(tracker: Any, task_ids: list[str], run_tag: str, timeout: float,
+                stop_at: float | None) -> dict[str, Any]:
+    """Poll the store until every task of the run has a terminal state; returns the records."""
+    deadline = time.monotonic() + timeout
+    wanted = set(task_ids)
+    records: dict[str, Any] = {}
+    while time.monotonic() < deadline and (stop_at is None or time.monotonic() < stop_at):
+        records = {r.task_id: r for r in tracker.tasks(tag=run_tag, limit=1000) if r.task_id in wanted}
+        if len(records) == len(wanted) and all(r.status in _TERMINAL for r in records.values()):
+            return records
+        time.sleep(0.3)
+    return records
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Run the workload once, print the stored records and exit.")
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: Ctrl-C).")
+@click.option("--waves", type=int, default=1, show_default=True, help="How many times to publish the workload.")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiply the tasks' running times (0.3 = quicker run).")
+@click.option("--concurrency", type=int, default=2, show_default=True, help="Worker pool processes.")
+@click.option("--port", type=int, default=8765, show_default=True,
+              help="Gateway port (0, or a taken one: any free port).")
+@click.option("--timeout", type=float, default=180.0, show_default=True,
+              help="Seconds a wave may take before the demo gives up on it.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Keep logs here instead of a temporary directory removed at exit.")
+def demo(once: bool, duration: float | None, waves: int, scale: float, concurrency: int, port: int,
+         timeout: float, workdir: str | None) -> None:
+    """Start everything (throw-away servers unless URLs are set) and run an example workload."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # A pipe or a CI log: wide lines rather than a table squeezed into 80 columns.
+        console = Console(highlight=False, width=200)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    code = 1
+    try:
+        with _Shutdown() as stack:
+            ok = _run(stack, console, once=once, duration=duration, waves=max(1, waves), scale=scale,
+                      concurrency=concurrency, port=port, timeout=timeout, workdir=workdir)
+            code = 0 if ok else 1
+            console.print("[dim]shutting down: worker, gateway, servers...[/dim]")
+    except KeyboardInterrupt:
+        # The stack has already run every clean-up on the way out of the ``with``.
+        console.print("interrupted: everything the demo started has been stopped")
+        # Ctrl-C is how an interactive demo ends; a --once run that was cut short did not succeed.
+        code = 130 if once else 0
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    console.print("demo stopped")
+    if code:
+        sys.exit(code)
+
+
+def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | None, waves: int, scale: float,
+         concurrency: int, port: int, timeout: float, workdir: str | None) -> bool:
+    started = time.monotonic()
+    stop_at = started + duration if duration is not None else None
+    root = project_root()
+    if workdir:
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="tracker-demo-"))
+        stack.callback(shutil.rmtree, work, True)
+
+    database_url = os.environ.get("TRACKER_DATABASE_URL")
+    redis_url = os.environ.get("TRACKER_REDIS_URL")
+    if not database_url:
+        pg = PostgresServer()
+        stack.callback(pg.cleanup)
+        console.print("starting a throw-away PostgreSQL...")
+        pg.start()
+        database_url = pg.url
+    else:
+        console.print("using PostgreSQL from TRACKER_DATABASE_URL")
+    if not redis_url:
+        rs = RedisServer()
+        stack.callback(rs.cleanup)
+        console.print("starting a throw-away Redis...")
+        rs.start()
+        redis_url = rs.url
+    else:
+        console.print("using Redis from TRACKER_REDIS_URL")
+
+    from tracker.migrate import upgrade
+
+    upgrade(database_url)
+    secret = os.environ.get("TRACKER_SECRET")
+    if not secret or secret == "change-me":
+        secret = secrets.token_urlsafe(32)  # tokens of this demo only
+    env_updates = {
+        "TRACKER_DATABASE_URL": database_url,
+        "TRACKER_REDIS_URL": redis_url,
+        "TRACKER_SECRET": secret,
+        "TRACKER_DEMO_SCALE": repr(scale),
+    }
+    os.environ.update(env_updates)
+    pythonpath = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    child_env = {**os.environ, **env_updates, "PYTHONPATH": pythonpath}
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+    run = uuid.uuid4().hex[:8]
+    run_tag = f"demo-{run}"
+    # A queue per run: a shared broker may hold another run's messages.
+    queue = f"tracker-demo-{run}"
+    if port == 0:
+        port = free_port()
+    elif not _port_free(port):
+        taken, port = port, free_port()
+        console.print(f"port {taken} is taken; the gateway uses {port}")
+    base = f"http://127.0.0.1:{port}"
+
+    worker = Child("worker", [
+        sys.executable, "-m", "celery", "-A", "examples.demo_app", "worker", "-P", "prefork", "-c", str(concurrency),
+        "-Q", queue, "-n", f"demo-{run}@%h", "--without-mingle", "--without-gossip", "-l", "INFO",
+        "--logfile", str(work / "worker.log"),
+    ], child_env, root, work / "worker.out")
+    stack.callback(worker.stop)
+    gateway = Child("gateway", [
+        sys.executable, "-m", "tracker.cli", "--app", "examples.demo_app", "gateway", "--host", "127.0.0.1",
+        "--port", str(port), "--no-migrate",
+    ], child_env, root, work / "gateway.log")
+    stack.callback(gateway.stop, 15.0)
+    console.print("starting a prefork worker and the gateway...")
+    worker_log = work / "worker.log"
+    worker.wait_until(lambda: worker_log.exists() and "ready." in worker_log.read_text(errors="replace"), 90)
+    gateway.wait_until(lambda: _healthy(base), 60)
+
+    from examples import demo_app
+    from signals.runtime import shutdown_all
+    from tracker.api import Tracker
+    from tracker.demo_view import LiveView, render_summary, stream_tail
+    from webgate.auth import make_token
+
+    # The producer's buffered "pending" rows are written before the servers go.
+    stack.callback(shutdown_all, 5.0)
+    tracker = Tracker(database_url=database_url, redis_url=redis_url)
+    stack.callback(tracker.close)
+    watcher = Tracker(database_url=database_url, redis_url=redis_url)
+    stack.callback(watcher.close)
+
+    token = make_token(secret, "admin", admin=True, ttl=24 * 3600)
+    console.print()
+    console.print(f"[bold]Dashboard:[/bold] {base}/?token={token}", soft_wrap=True)
+    console.print(f"REST API:  {base}/api/v1/progress/tasks  (header Authorization: Bearer <token>)")
+    console.print(f"WebSocket: ws://127.0.0.1:{port}/api/v1/progress/ws?token=<token>")
+    console.print(f"Database:  {database_url}")
+    console.print(f"Redis:     {redis_url}")
+    if workdir:
+        console.print(f"Logs:      {work}")
+    console.print()
+
+    all_ok = True
+    for wave in range(1, waves + 1):
+        if stop_at is not None and time.monotonic() >= stop_at:
+            break
+        wave_tag = run_tag if waves == 1 else f"{run_tag}-{wave}"
+        view = LiveView(watcher, wave_tag, stream_tail(watcher), console).start()
+        try:
+            sub = demo_app.submit_workload(wave_tag, queue=queue)
+            console.print(f"wave {wave}: published {len(sub.task_ids)} tasks (tag {wave_tag})")
+            records = _wait_final(tracker, sub.task_ids, wave_tag, timeout, stop_at)
+        finally:
+            view.stop()
+        # Metrics written after the terminal state (run time, CPU) land within a flush interval.
+        time.sleep(0.5)
+        render_summary(console, tracker, sub.task_ids, wave_tag)
+        unfinished = [t for t in sub.task_ids if t not in records or records[t].status not in _TERMINAL]
+        unexpected = [t for t, r in records.items() if r.status in _TERMINAL and r.status != sub.expected_status(t)]
+        if unfinished:
+            console.print(f"[red]{len(unfinished)} tasks did not finish in time[/red]")
+            all_ok = False
+        if unexpected:
+            console.print(f"[red]{len(unexpected)} tasks ended in an unexpected state[/red]")
+            all_ok = False
+        if not unfinished and not unexpected:
+            failed = sum(1 for r in records.values() if r.status == "failed")
+            console.print(f"wave {wave}: all {len(records)} tasks finished as expected "
+                          f"({len(records) - failed} completed, {failed} failed on purpose, "
+                          f"{view.events} live events seen)")
+        if not worker.alive() or not gateway.alive():
+            console.print("[red]the worker or the gateway exited[/red]")
+            return False
+
+    if once:
+        return all_ok
+    console.print()
+    console.print(f"[bold]Still serving[/bold] the dashboard at {base}/?token={token}", soft_wrap=True)
+    console.print("Press Ctrl-C to stop." if stop_at is None else f"Stopping after {duration:g}s.")
+    while stop_at is None or time.monotonic() < stop_at:
+        if not worker.alive() or not gateway.alive():
+            console.print("[red]the worker or the gateway exited[/red]")
+            return False
+        time.sleep(0.2)
+    return all_ok
