@@ -98,6 +98,9 @@ class Task(Base):
             postgresql_where=text("status IN ('running','paused')"),
         ),
         Index("ix_tracker_tasks_finished", "task_type", "finished_at", postgresql_where=text("status = 'completed'")),
+        # Retention purges finished tasks by age (migration 0002).
+        Index("ix_tracker_tasks_purge", "finished_at",
+              postgresql_where=text("status IN ('completed','failed','cancelled')")),
     )
 
 
