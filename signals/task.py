@@ -143,7 +143,8 @@ class TrackedTask(Task):  # type: ignore[misc]
     # -- state ---------------------------------------------------------------------------
     def _active(self) -> ActiveTask | None:
         active = logcapture.current_task.get()
-        if active is None or active.task_id != self.request.id:
+        # Compare names, not ``self.request.id``: reading the request costs about a microsecond.
+        if active is None or active.name != self.name:
             return None
         return active
 
@@ -164,7 +165,9 @@ class TrackedTask(Task):  # type: ignore[misc]
         Costs a few microseconds: nothing here waits for Redis or PostgreSQL. Raises
         :class:`TaskCancelled` if the task was cancelled, and blocks while it is paused.
         """
-        if percent is None:
+        if type(percent) is float and 0.0 <= percent <= 100.0 and current is None and total is None:
+            value = percent  # the common case, checked cheaply
+        elif percent is None:
             if current is None or total is None:
                 raise ValueError("progress() needs a percentage or both current= and total=")
             cur = _check_number("current", current)
@@ -258,15 +261,21 @@ class TrackedTask(Task):  # type: ignore[misc]
         if state != "pause":
             return
         paused_at = time.monotonic()
+        active.paused = True
         rt.reporter.status(active.task_id, "paused", user_id=active.user_id, progress=active.progress)
-        while bus.controls.get(active.task_id) == "pause":
-            bus.wait_control_change(1.0)
+        try:
+            # Heartbeats go on from the recorder thread, so a paused task is never taken for lost.
+            while bus.controls.get(active.task_id) == "pause":
+                bus.wait_control_change(1.0)
+        finally:
+            active.paused = False
         # Time spent paused does not count towards the ETA's rate.
         active.started += time.monotonic() - paused_at
         if bus.controls.get(active.task_id) == "cancel":
             raise TaskCancelled(f"task {active.task_id} was cancelled")
+        # progress_at restarts the stall clock: the pause was asked for, not a stall.
         rt.reporter.status(active.task_id, "running", user_id=active.user_id, event="task.resumed",
-                           progress=active.progress)
+                           progress=active.progress, progress_at=time.time())
 
     # -- Celery hooks ----------------------------------------------------------------------
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:

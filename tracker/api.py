@@ -225,7 +225,21 @@ class Tracker:
         """Cancel a task: a queued one never runs (it is revoked when the Tracker knows the
         Celery app), a running ``TrackedTask`` stops at its next progress()/checkpoint();
         ``terminate=True`` also kills it through Celery."""
+        if terminate and self.app is None:
+            raise ValueError("terminate=True needs the Celery app: use Tracker.from_celery(app)")
         return self._apply(task_id, "cancel", terminate)
+
+    def group_progress(self, group_id: str, size: int | None = None) -> dict[str, Any]:
+        """Combined progress of a group, chord header or chain (pass the chain's first task id).
+
+        Returns ``{"group_id", "total", "finished", "done", "progress", "counts", "updated_at"}``:
+        ``progress`` is the mean of the members' progress (finished members count 100) and
+        is 100 exactly when all have finished; ``counts`` maps each status to its count.
+        Give ``size`` (the number of members) so members not recorded yet count as pending.
+        """
+        stmt = q.group_progress(group_id)
+        rows = self._all(stmt)
+        return q.group_progress_summary(group_id, rows[0] if rows else None, size)
 
     def _require(self, task_id: str) -> TaskRecord:
         record = self.get(task_id)
@@ -293,13 +307,11 @@ class Tracker:
 
     def delete(self, task_id: str) -> bool:
         """Delete a task with its progress history, logs and metrics."""
-        from tracker.models import Metric, TaskLog
-        from tracker.models import ProgressPoint as PP
-
         with self.engine.begin() as conn:
-            n = conn.execute(delete(Task).where(Task.task_id == task_id)).rowcount
-            for model in (PP, TaskLog, Metric):
-                conn.execute(delete(model).where(model.task_id == task_id))
+            first, *rest = q.delete_task(task_id)
+            n = conn.execute(first).rowcount
+            for stmt in rest:
+                conn.execute(stmt)
         return bool(n)
 
     # -- export and watch ----------------------------------------------------------------------------

@@ -27,6 +27,18 @@ __all__ = ["EventBus"]
 
 logger = logging.getLogger("tracker.bus")
 
+#: (task_id, user_id, ts, progress, current_step, step_index, total_steps, eta_seconds, message)
+_Progress = tuple[str, str | None, float, float, str | None, int | None, int | None, float | None, str | None]
+
+
+def _progress_event(item: _Progress) -> Event:
+    task_id, user_id, ts, progress, step, index, total, eta, message = item
+    data: dict[str, Any] = {"progress": progress, "current_step": step, "step_index": index, "total_steps": total,
+                            "eta_seconds": eta}
+    if message is not None:
+        data["message"] = message
+    return Event("task.progress", task_id, user_id, ts, data)
+
 
 class EventBus:
     """Buffered, coalescing publisher to ``{prefix}:events``; methods never raise."""
@@ -49,10 +61,10 @@ class EventBus:
         self.progress_interval = progress_interval
         self.control_interval = control_interval
         self.buffer_max = buffer_max
-        self._queue: deque[Event] = deque()
+        self._queue: deque[Event | _Progress] = deque()
         self._lock = threading.Lock()
         self._last_progress: dict[str, float] = {}
-        self._held: dict[str, Event] = {}  # coalesced progress waiting for its slot
+        self._held: dict[str, _Progress] = {}  # coalesced progress waiting for its slot
         self._wake = threading.Event()
         self._seq = 0
         self._done_seq = 0
@@ -62,6 +74,13 @@ class EventBus:
         self._backoff = 0.0
         #: task id -> control value ("pause", "cancel" or None) for tasks running here.
         self.controls: dict[str, str | None] = {}
+        #: Task ids with a ``cancel`` flag, followed from ``{prefix}:controls`` once
+        #: :meth:`follow_cancellations` was called (a worker's main process does).
+        self.cancelled: dict[str, float] = {}
+        self._follow = False
+        self._follow_from = 0.0
+        self._follow_seen: dict[str, float] = {}
+        self._to_clear: set[str] = set()
         self.control_changed = threading.Condition(threading.Lock())
         self.dropped = 0
         self.sent = 0
@@ -84,22 +103,27 @@ class EventBus:
             self._enqueue(event)
         self._wake.set()
 
-    def progress(self, task_id: str, user_id: str | None, data: dict[str, Any], ts: float | None = None) -> None:
+    def progress(self, task_id: str, user_id: str | None, ts: float, progress: float,
+                 current_step: str | None = None, step_index: int | None = None, total_steps: int | None = None,
+                 eta_seconds: float | None = None, message: str | None = None) -> None:
+        """Coalesced: at most one event per task every ``progress_interval``; the latest value
+        waits for its slot (and is sent before any other event of the task)."""
         now = time.monotonic()
-        event = Event("task.progress", task_id, user_id, time.time() if ts is None else ts, data)
+        # A plain tuple here; the sender thread builds the event (keeps this call cheap).
+        item = (task_id, user_id, ts, progress, current_step, step_index, total_steps, eta_seconds, message)
         with self._lock:
             if now - self._last_progress.get(task_id, -1e9) >= self.progress_interval:
                 self._last_progress[task_id] = now
                 self._held.pop(task_id, None)
-                self._enqueue(event)
+                self._enqueue(item)
                 wake = True
             else:
-                self._held[task_id] = event
+                self._held[task_id] = item
                 wake = False
         if wake:
             self._wake.set()
 
-    def _enqueue(self, event: Event) -> None:
+    def _enqueue(self, event: Event | _Progress) -> None:
         if len(self._queue) >= self.buffer_max:
             self.dropped += 1
             return
@@ -152,6 +176,27 @@ class EventBus:
         with self.control_changed:
             self.control_changed.wait(timeout)
 
+    def clear_control(self, task_id: str) -> None:
+        """Delete the control flag of a task that has ended (from the sender thread)."""
+        with self._lock:
+            self._to_clear.add(task_id)
+        self._wake.set()
+
+    def follow_cancellations(self) -> None:
+        """Keep :attr:`cancelled` up to date (every ``control_interval``).
+
+        The first call loads the current flags at once, so a worker's first task is
+        already checked; later calls do nothing.
+        """
+        if self._follow:
+            return
+        self._follow_from = time.time() - _CONTROL_TTL
+        try:
+            self._poll_cancellations()
+        except Exception:
+            logger.debug("tracker bus: cannot read cancellations yet", exc_info=True)
+        self._follow = True
+
     def stats(self) -> dict[str, Any]:
         return {"buffered": len(self._queue) + len(self._held), "dropped": self.dropped, "sent": self.sent,
                 "failures": self.failures, "connected": self.connected}
@@ -167,9 +212,14 @@ class EventBus:
             try:
                 self._release_held()
                 self._send()
-                if self.controls and time.monotonic() >= next_control:
+                if self._to_clear:
+                    self._clear_controls()
+                if (self.controls or self._follow) and time.monotonic() >= next_control:
                     next_control = time.monotonic() + self.control_interval
-                    self._poll_controls()
+                    if self.controls:
+                        self._poll_controls()
+                    if self._follow:
+                        self._poll_cancellations()
             except Exception:
                 logger.exception("tracker bus: unexpected error")
             if closing:
@@ -201,7 +251,8 @@ class EventBus:
             return
         try:
             pipe = self._redis().pipeline(transaction=False)
-            for event in batch:
+            for item in batch:
+                event = item if isinstance(item, Event) else _progress_event(item)
                 pipe.xadd(self.stream, encode(event), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
             pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -239,6 +290,50 @@ class EventBus:
             with self.control_changed:
                 self.control_changed.notify_all()
 
+    def _clear_controls(self) -> None:
+        with self._lock:
+            ids, self._to_clear = self._to_clear, set()
+        try:
+            pipe = self._redis().pipeline(transaction=False)
+            for task_id in ids:
+                pipe.delete(f"{self.prefix}:control:{task_id}")
+            pipe.zrem(f"{self.prefix}:controls", *ids)
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            # The sweeper deletes flags of ended tasks too; nothing is lost by giving up.
+            self._drop_client()
+
+    def _poll_cancellations(self) -> None:
+        """Read flags set since the last look from the index and remember the cancels."""
+        index = f"{self.prefix}:controls"
+        try:
+            client = self._redis()
+            # Scores are the setters' clocks: look a little back so a skewed clock loses nothing.
+            entries: list[Any] = client.zrangebyscore(  # type: ignore[assignment]
+                index, self._follow_from, "+inf", start=0, num=_FOLLOW_PAGE, withscores=True)
+            fresh = []
+            for member, score in entries:
+                task_id = member.decode() if isinstance(member, bytes) else str(member)
+                if self._follow_seen.get(task_id) != score:
+                    fresh.append((task_id, float(score)))
+            values = client.mget([f"{self.prefix}:control:{t}" for t, _ in fresh]) if fresh else []
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._drop_client()
+            return
+        for (task_id, score), raw in zip(fresh, values, strict=True):
+            self._follow_seen[task_id] = score
+            if raw in (b"cancel", "cancel"):
+                self.cancelled[task_id] = score
+            else:
+                self.cancelled.pop(task_id, None)
+        if entries:
+            top = float(entries[-1][1])
+            self._follow_from = top if len(entries) >= _FOLLOW_PAGE else max(self._follow_from, top - 5.0)
+        for task_id in [t for t, sc in self._follow_seen.items() if sc < self._follow_from]:
+            del self._follow_seen[task_id]
+        while len(self.cancelled) > _FOLLOW_MAX:
+            del self.cancelled[next(iter(self.cancelled))]
+
     def _drop_client(self) -> None:
         if self._client is not None:
             try:
@@ -253,6 +348,11 @@ class EventBus:
                 self._done_seq = seq
             self._done.notify_all()
 
+
+#: How far back a new follower looks (the control flags' lifetime, see tracker.control).
+_CONTROL_TTL = 7 * 86400
+_FOLLOW_PAGE = 5000
+_FOLLOW_MAX = 100_000
 
 _live: weakref.WeakSet[EventBus] = weakref.WeakSet()
 

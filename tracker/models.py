@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Base",
     "Task",
-    "ProgressPoint",
+    "ProgressBatch",
     "TaskLog",
     "Metric",
     "Notification",
@@ -104,16 +104,24 @@ class Task(Base):
     )
 
 
-class ProgressPoint(Base):
-    """Every progress value a task reported, for history charts."""
+class ProgressBatch(Base):
+    """Every progress value a task reported, for history charts.
+
+    One row holds the points one task reported between two group commits, as arrays: a
+    task calling ``progress()`` in a tight loop costs one row per flush, not one per call.
+    """
 
     __tablename__ = "tracker_progress"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     task_id: Mapped[str] = mapped_column(Text)
+    #: Time of the first and last point in the batch.
     ts: Mapped[datetime] = mapped_column()
-    progress: Mapped[float] = mapped_column(Double)
-    current_step: Mapped[str | None] = mapped_column(Text)
+    ts_last: Mapped[datetime] = mapped_column()
+    n: Mapped[int] = mapped_column(Integer)
+    times: Mapped[list[float]] = mapped_column(ARRAY(Double))
+    vals: Mapped[list[float]] = mapped_column(ARRAY(Double))
+    steps: Mapped[list[str | None]] = mapped_column(ARRAY(Text))
 
     __table_args__ = (Index("ix_tracker_progress_task_ts", "task_id", "ts"), Index("ix_tracker_progress_ts", "ts"))
 

@@ -36,10 +36,11 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
-from tracker.models import Dashboard, Metric, Notification, ProgressPoint, Task, TaskLog
+from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog
 from tracker.status import check_status
 
 __all__ = [
+    "group_progress", "group_progress_summary", "GROUP_PROGRESS_CAP",
     "encode_cursor", "decode_cursor", "parse_time", "parse_bucket", "level_number",
     "task_columns", "task_by_id", "tasks", "count_tasks", "logs", "progress_history", "metrics", "metric_series",
     "stats", "notifications", "notification_stats", "log_stats", "TaskFilters",
@@ -304,12 +305,18 @@ def log_stats(task_id: Any = None, since: Any = None, until: Any = None, user_id
 
 
 # -- progress and metrics ------------------------------------------------------------------------------
-def progress_history(task_id: str, limit: int = 10_000) -> Stmt:
+def progress_history(task_id: str, limit: int = 100_000) -> Stmt:
+    """Every progress point of a task in order: ``(ts, progress, current_step)`` rows."""
     if not isinstance(task_id, str):
         raise TypeError("task_id must be a string")
-    q: Stmt = select(ProgressPoint.ts, ProgressPoint.progress, ProgressPoint.current_step)
-    return (q
-            .where(ProgressPoint.task_id == task_id).order_by(ProgressPoint.ts, ProgressPoint.id).limit(limit))
+    points = (func.unnest(ProgressBatch.times, ProgressBatch.vals, ProgressBatch.steps)
+              .table_valued("t", "p", "s", with_ordinality="i").render_derived().lateral())
+    q: Stmt = (select(func.to_timestamp(points.c.t).label("ts"), points.c.p.label("progress"),
+                      points.c.s.label("current_step"))
+               .select_from(ProgressBatch).join(points, true())
+               .where(ProgressBatch.task_id == task_id)
+               .order_by(ProgressBatch.ts, ProgressBatch.id, points.c.i).limit(limit))
+    return q
 
 
 def metrics(name: Any = None, task_id: Any = None, since: Any = None, until: Any = None, limit: Any = None,
@@ -368,6 +375,62 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
     if user_id is not None:
         q = q.where(Metric.user_id == user_id)
     return q.group_by(text("1")).order_by(text("1"))
+
+
+# -- canvas: groups, chords and chains -----------------------------------------------------------------
+#: Combined progress stays below this until every member has finished, so 100 means "all done".
+GROUP_PROGRESS_CAP = 99.9
+_FINISHED = ("completed", "failed", "cancelled")
+_ALL_STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled")
+
+
+def group_progress(group_id: str) -> Select[Any]:
+    """One row: members of a group (or chord header) or chain, counted by status, with the
+    sum of the unfinished members' progress. :func:`group_progress_summary` turns it into
+    the combined progress.
+
+    Members are the tasks whose ``group_id`` is ``group_id`` or, for a chain (whose tasks
+    share the first task's id as ``root_id``), whose ``root_id`` is it.
+    """
+    if not isinstance(group_id, str):
+        raise TypeError("group_id must be a string")
+    if not group_id or len(group_id) > 255:
+        raise ValueError("group_id must be a non-empty string of at most 255 characters")
+    unfinished = Task.status.not_in(_FINISHED)
+    cols: list[Any] = [func.count().label("total")]
+    cols += [func.count().filter(Task.status == st).label(st) for st in _ALL_STATUSES]
+    cols.append(func.coalesce(func.sum(Task.progress).filter(unfinished), 0.0).label("unfinished_progress"))
+    cols.append(func.max(Task.updated_at).label("updated_at"))
+    return select(*cols).select_from(Task).where(or_(Task.group_id == group_id, Task.root_id == group_id))
+
+
+def group_progress_summary(group_id: str, row: Any, size: int | None = None) -> dict[str, Any]:
+    """Combined progress of the members in ``row`` (from :func:`group_progress`).
+
+    ``progress`` is the mean of the members' progress, a finished member (completed, failed
+    or cancelled) counting 100; it is 100 exactly when every member has finished and stays
+    at most :data:`GROUP_PROGRESS_CAP` before. ``size`` is the number of members expected
+    (e.g. ``len(group.tasks)``): members not recorded yet then count as pending at 0 %.
+    """
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError("size must be a non-negative integer")
+    m = row._mapping if hasattr(row, "_mapping") else (row or {})
+    known = int(m.get("total") or 0)
+    counts = {st: int(m.get(st) or 0) for st in _ALL_STATUSES}
+    total = max(known, size or 0)
+    counts["pending"] += total - known
+    finished = sum(counts[st] for st in _FINISHED)
+    if total == 0:
+        progress = 0.0
+    elif finished == total:
+        progress = 100.0
+    else:
+        mean = (float(m.get("unfinished_progress") or 0.0) + 100.0 * finished) / total
+        progress = min(mean, GROUP_PROGRESS_CAP)
+    updated = m.get("updated_at")
+    return {"group_id": group_id, "total": total, "finished": finished, "done": total > 0 and finished == total,
+            "progress": progress, "counts": counts,
+            "updated_at": updated.isoformat() if isinstance(updated, datetime) else updated}
 
 
 # -- stats --------------------------------------------------------------------------------------------
@@ -466,7 +529,7 @@ def delete_task(task_id: str) -> list[Any]:
     """Statements deleting a task with its progress history, logs and metrics (run in one transaction)."""
     if not isinstance(task_id, str):
         raise TypeError("task_id must be a string")
-    return [delete(model).where(model.task_id == task_id) for model in (Task, ProgressPoint, TaskLog, Metric)]
+    return [delete(model).where(model.task_id == task_id) for model in (Task, ProgressBatch, TaskLog, Metric)]
 
 
 def delete_task_logs(task_id: str) -> Any:

@@ -39,6 +39,9 @@ def run_migrations_online() -> None:
 
 def _run(connection) -> None:  # type: ignore[no-untyped-def]
     connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_ID})
+    # The lock is held by the session; end the implicit transaction so Alembic owns the
+    # migration transactions (and autocommit blocks work for CREATE INDEX CONCURRENTLY).
+    connection.commit()
     try:
         context.configure(connection=connection, target_metadata=target_metadata, version_table=VERSION_TABLE)
         with context.begin_transaction():

@@ -1,8 +1,8 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
-Create Date: 2026-11-22 20:08:55.877454
+Revises:
+Create Date: 2026-11-22 20:26:35.803468
 """
 
 from __future__ import annotations
@@ -89,8 +89,11 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger(), autoincrement=True, nullable=False),
     sa.Column('task_id', sa.Text(), nullable=False),
     sa.Column('ts', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('progress', sa.Double(), nullable=False),
-    sa.Column('current_step', sa.Text(), nullable=True),
+    sa.Column('ts_last', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('n', sa.Integer(), nullable=False),
+    sa.Column('times', postgresql.ARRAY(sa.Double()), nullable=False),
+    sa.Column('vals', postgresql.ARRAY(sa.Double()), nullable=False),
+    sa.Column('steps', postgresql.ARRAY(sa.Text()), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index('ix_tracker_progress_task_ts', 'tracker_progress', ['task_id', 'ts'], unique=False)
