@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import IO, Any, TypeVar
 
 import redis
-from sqlalchemy import Engine, create_engine, delete, func, update
+from sqlalchemy import Engine, create_engine, func, update
 from sqlalchemy.engine import Row
 
 from tracker import control
@@ -21,7 +21,7 @@ from tracker import queries as q
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.events import Event, decode
-from tracker.models import Notification, Task
+from tracker.models import Notification
 from tracker.recorder import Recorder
 from tracker.records import LogRecord, MetricRecord, NotificationRecord, ProgressPoint, TaskRecord, to_jsonable
 from tracker.reporter import Reporter
