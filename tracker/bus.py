@@ -17,6 +17,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -61,6 +62,8 @@ class EventBus:
         self.progress_interval = progress_interval
         self.control_interval = control_interval
         self.buffer_max = buffer_max
+        #: Pause after a send so that events of a burst share the next pipeline.
+        self.linger = 0.002
         self._queue: deque[Event | _Progress] = deque()
         self._lock = threading.Lock()
         self._last_progress: dict[str, float] = {}
@@ -78,6 +81,7 @@ class EventBus:
         #: :meth:`follow_cancellations` was called (a worker's main process does).
         self.cancelled: dict[str, float] = {}
         self._follow = False
+        self._on_cancel: Callable[[str], None] | None = None
         self._follow_from = 0.0
         self._follow_seen: dict[str, float] = {}
         self._to_clear: set[str] = set()
@@ -182,14 +186,16 @@ class EventBus:
             self._to_clear.add(task_id)
         self._wake.set()
 
-    def follow_cancellations(self) -> None:
+    def follow_cancellations(self, on_cancel: Callable[[str], None] | None = None) -> None:
         """Keep :attr:`cancelled` up to date (every ``control_interval``).
 
-        The first call loads the current flags at once, so a worker's first task is
-        already checked; later calls do nothing.
+        ``on_cancel(task_id)`` is called (from the sender thread) for each newly seen cancel.
+        The first call loads the current flags at once, so a worker's first task is already
+        covered; later calls do nothing.
         """
         if self._follow:
             return
+        self._on_cancel = on_cancel
         self._follow_from = time.time() - _CONTROL_TTL
         try:
             self._poll_cancellations()
@@ -211,7 +217,11 @@ class EventBus:
             closing = self._closed
             try:
                 self._release_held()
+                sent = self.sent
                 self._send()
+                if self.sent > sent and not closing:
+                    # Let a burst gather: one pipeline per few milliseconds, not one per event.
+                    time.sleep(self.linger)
                 if self._to_clear:
                     self._clear_controls()
                 if (self.controls or self._follow) and time.monotonic() >= next_control:
@@ -323,7 +333,13 @@ class EventBus:
         for (task_id, score), raw in zip(fresh, values, strict=True):
             self._follow_seen[task_id] = score
             if raw in (b"cancel", "cancel"):
+                new = task_id not in self.cancelled
                 self.cancelled[task_id] = score
+                if new and self._on_cancel is not None:
+                    try:
+                        self._on_cancel(task_id)
+                    except Exception:
+                        logger.exception("tracker bus: cancellation callback failed")
             else:
                 self.cancelled.pop(task_id, None)
         if entries:

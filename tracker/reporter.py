@@ -91,7 +91,8 @@ class Reporter:
 
     def status(self, task_id: str, status: str, *, user_id: str | None = None, ts: float | None = None,
                event: str | None = None, **fields: Any) -> None:
-        """A status change; terminal ones are committed at once rather than at the next tick."""
+        """A status change. Like everything else it is committed at the next group commit
+        (within ``flush_interval``): waking the writer per task would cost a round trip each."""
         ts = time.time() if ts is None else ts
         st = Status(status)
         if st in TERMINAL:
@@ -99,8 +100,6 @@ class Reporter:
             fields.setdefault("eta_seconds", 0.0)
         if self.recorder is not None:
             self.recorder.task(task_id, status=st.value, status_ts=ts, user_id=user_id, updated_at=ts, **fields)
-            if st in TERMINAL:
-                self.recorder.wake()
         data: dict[str, Any] = {"status": st.value}
         for key in ("progress", "started_at", "finished_at", "error_type", "error_message", "retries",
                     "current_step", "name", "task_type", "eta_seconds", "worker", "reason"):
