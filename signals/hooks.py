@@ -180,6 +180,14 @@ def on_before_task_publish(sender: Any = None, body: Any = None, exchange: Any =
 
 
 # -- worker main process ---------------------------------------------------------------------
+def _revoke_locally(task_id: str) -> None:
+    from celery.worker import state as worker_state
+
+    # Called from the bus thread; LimitedSet.add is a dict store and a heappush, each atomic
+    # under the GIL, so the consumer thread's lookups stay consistent.
+    worker_state.revoked.add(task_id)
+
+
 @_guard
 def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None:
@@ -187,6 +195,11 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     rt = _runtime(getattr(request, "task", None))
     if rt is None:
         return
+    if rt.bus is not None:
+        # A task cancelled while queued never runs, even when no Celery app was at hand to
+        # revoke it: the bus follows cancel flags and puts them in the worker's revoked set,
+        # which Celery checks again just before handing a request to the pool.
+        rt.bus.follow_cancellations(_revoke_locally)
     ctx = _request_context(request)
     delivery = getattr(request, "delivery_info", None) or {}
     name = getattr(request, "name", None)
@@ -214,6 +227,8 @@ def on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = 
     rt.reporter.status(request.id, "cancelled", user_id=ctx.user_id, error_type=reason,
                        error_message=f"task {reason}" + (f" (signal {signum})" if signum else ""),
                        name=getattr(request, "name", None), reason=reason)
+    if rt.bus is not None:
+        rt.bus.clear_control(request.id)  # the message is consumed: its flag has done its job
 
 
 @_guard
@@ -307,6 +322,9 @@ def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = 
         return
     active = rt.active.pop(task_id, None)
     if rt.bus is not None:
+        # Delete a flag this task saw once it has ended (a retry runs again: keep it).
+        if rt.bus.controls.get(task_id) is not None and state != "RETRY":
+            rt.bus.clear_control(task_id)
         rt.bus.unwatch_control(task_id)
     if logcapture.current_task.get() is active:
         logcapture.current_task.set(None)
@@ -351,6 +369,7 @@ def on_task_failure(sender: Any = None, task_id: str | None = None, exception: B
     user_id = active.user_id if active else from_headers(getattr(sender, "request", None)).user_id
     fields = _error_fields(exception, einfo, traceback)
     if isinstance(exception, TaskCancelled):
+        fields["error_type"] = "cancelled"
         rt.reporter.status(task_id, "cancelled", user_id=user_id, reason="cancelled", **fields)
         return
     rt.reporter.status(task_id, "failed", user_id=user_id, name=getattr(sender, "name", None), **fields)

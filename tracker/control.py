@@ -4,21 +4,36 @@ A control request sets ``{prefix}:control:{task_id}`` (``pause`` or ``cancel``; 
 deletes it). A running ``TrackedTask`` reads it at most every ``control_interval`` inside
 ``progress()``/``track()``/``checkpoint()``. A task still queued is also revoked through
 Celery (when an app is known) and recorded ``cancelled`` at once.
+
+Every flag is also listed in the sorted set ``{prefix}:controls`` (member: task id, score:
+when it was set). Worker main processes follow it to discard a cancelled task when its
+message arrives, even when no Celery app was at hand to revoke it; the sweeper uses it to
+delete the flags of tasks that have ended, so no key outlives its task for long.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from tracker.reporter import Reporter
 from tracker.status import TERMINAL, Status
 
-__all__ = ["ACTIONS", "ControlPlan", "plan", "apply_sync", "apply_async", "CONTROL_TTL"]
+__all__ = ["ACTIONS", "ControlPlan", "plan", "apply_sync", "apply_async", "CONTROL_TTL", "control_key", "index_key"]
 
 ACTIONS = ("pause", "resume", "cancel")
 #: A flag for a task that never runs again must not linger forever.
 CONTROL_TTL = 7 * 86400
+
+
+def control_key(prefix: str, task_id: str) -> str:
+    return f"{prefix}:control:{task_id}"
+
+
+def index_key(prefix: str) -> str:
+    """The sorted set of task ids that have a control flag (see the module docstring)."""
+    return f"{prefix}:controls"
 
 
 @dataclass(frozen=True)
@@ -50,17 +65,26 @@ def _mark(reporter: Reporter | None, task: Any) -> None:
                         error_type="cancelled", error_message="cancelled before it started")
 
 
+def _write_flag(pipe: Any, prefix: str, task_id: str, value: str | None) -> None:
+    """Queue the flag and its index entry on ``pipe`` (sync or asyncio pipeline alike)."""
+    key = control_key(prefix, task_id)
+    if value is None:
+        pipe.delete(key)
+        pipe.zrem(index_key(prefix), task_id)
+    else:
+        pipe.set(key, value, ex=CONTROL_TTL)
+        pipe.zadd(index_key(prefix), {task_id: time.time()})
+
+
 def apply_sync(redis: Any, prefix: str, task: Any, action: str, *, reporter: Reporter | None = None,
                celery_app: Any = None, terminate: bool = False) -> ControlPlan:
     """Carry out ``action`` on ``task`` (a ``TaskRecord``) with a synchronous Redis client."""
     p = plan(task.status, action)
     if not p.allowed:
         return p
-    key = f"{prefix}:control:{task.task_id}"
-    if p.value is None:
-        redis.delete(key)
-    else:
-        redis.set(key, p.value, ex=CONTROL_TTL)
+    pipe = redis.pipeline(transaction=True)
+    _write_flag(pipe, prefix, task.task_id, p.value)
+    pipe.execute()
     if p.revoke and celery_app is not None:
         celery_app.control.revoke(task.task_id, terminate=terminate)
     if p.mark_cancelled:
@@ -74,11 +98,9 @@ async def apply_async(redis: Any, prefix: str, task: Any, action: str, *, report
     p = plan(task.status, action)
     if not p.allowed:
         return p
-    key = f"{prefix}:control:{task.task_id}"
-    if p.value is None:
-        await redis.delete(key)
-    else:
-        await redis.set(key, p.value, ex=CONTROL_TTL)
+    pipe = redis.pipeline(transaction=True)
+    _write_flag(pipe, prefix, task.task_id, p.value)
+    await pipe.execute()
     if p.revoke and celery_app is not None:
         import asyncio
 

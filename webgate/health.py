@@ -1,9 +1,90 @@
-"""Placeholder: filled in by its issue."""
+"""The gateway's upkeep loops: the health sweep, continuously, and retention, hourly.
+
+Both run as background tasks for the application's lifetime (``cleanup_ctx``). With several
+gateways, advisory locks in PostgreSQL let one of them do each pass (see
+:mod:`tracker.health` and :mod:`tracker.retention`); a failed pass is logged and retried at
+the next interval, never fatal to the gateway.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
 from aiohttp import web
+
+from tracker import health, retention
+from webgate.keys import CONFIG, ENGINE, REDIS, REPORTER
+
+__all__ = ["setup", "SWEEPER", "PURGER", "LAST_SWEEP", "RETENTION_INTERVAL"]
+
+logger = logging.getLogger("webgate.health")
+
+#: Seconds between two retention passes (the first one a minute after start).
+RETENTION_INTERVAL = 3600.0
+_RETENTION_FIRST = 60.0
+
+SWEEPER = web.AppKey("tracker_sweeper", asyncio.Task)
+PURGER = web.AppKey("tracker_purger", asyncio.Task)
+#: Outcome of the last sweep pass: {"at": epoch, "result": SweepResult.to_dict()} or {"error": ...}.
+LAST_SWEEP = web.AppKey("tracker_last_sweep", dict)
+
+
+async def _sweep_loop(app: web.Application) -> None:
+    config = app[CONFIG]
+    interval = health.sweep_interval(config)
+    while True:
+        try:
+            result = await health.sweep_async(app[ENGINE], config, redis=app[REDIS], reporter=app[REPORTER])
+            app[LAST_SWEEP].update(at=time.time(), result=result.to_dict(), error=None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # PostgreSQL or Redis away: the next pass catches up.
+            app[LAST_SWEEP].update(at=time.time(), error=str(exc))
+            logger.warning("health sweep failed: %s", exc)
+        await asyncio.sleep(interval)
+
+
+async def _retention_loop(app: web.Application) -> None:
+    config = app[CONFIG]
+    await asyncio.sleep(_RETENTION_FIRST)
+    while True:
+        try:
+            result = await retention.purge_async(app[ENGINE], f"{config.retention_days}d")
+            if result.total:
+                logger.info("retention: deleted %d rows older than %s (%s)", result.total,
+                            result.cutoff.isoformat(), result.deleted)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("retention pass failed: %s", exc)
+        await asyncio.sleep(RETENTION_INTERVAL)
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    app[SWEEPER] = asyncio.create_task(_sweep_loop(app), name="tracker-sweeper")
+    # tracker_retention_days = 0 turns the periodic purge off.
+    purger = app[CONFIG].retention_days > 0
+    if purger:
+        app[PURGER] = asyncio.create_task(_retention_loop(app), name="tracker-retention")
+    yield
+    await _stop(app[SWEEPER])
+    if purger:
+        await _stop(app[PURGER])
 
 
 def setup(app: web.Application) -> None:
-    return None
+    """Run the sweeper (and the hourly retention pass) while the gateway serves."""
+    app[LAST_SWEEP] = {}
+    app.cleanup_ctx.append(_background)

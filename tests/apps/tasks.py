@@ -109,3 +109,36 @@ def echo_context(self: TrackedTask) -> dict[str, object]:
 def spawn(self: TrackedTask) -> str:
     child = add.apply_async((1, 2), queue=self.request.delivery_info.get("routing_key"))
     return str(child.id)
+
+
+# -- control, health and canvas (issue 5) -------------------------------------------------------------
+class CleanupTask(TrackedTask):  # type: ignore[misc]
+    """Appends ``on_cancel`` to the ``marker`` file (a keyword argument) when cancelled."""
+
+    def on_cancel(self, task_id: str, args: object, kwargs: dict[str, object]) -> None:
+        marker = kwargs.get("marker")
+        if isinstance(marker, str):
+            with open(marker, "a") as f:
+                f.write("on_cancel\n")
+
+
+@app.task(name="tests.steps", base=CleanupTask, bind=True)
+def steps(self: TrackedTask, n: int, delay: float = 0.05, marker: str | None = None) -> list[int]:
+    """Does ``n`` steps, reporting progress after each; returns the steps done, each once."""
+    done: list[int] = []
+    try:
+        for i in range(n):
+            time.sleep(delay)
+            done.append(i)
+            self.progress(current=i + 1, total=n, step=f"step {i + 1}")
+        return done
+    finally:
+        if marker:
+            with open(marker, "a") as f:
+                f.write("finally\n")
+
+
+@app.task(name="tests.collect")
+def collect(results: list[object]) -> int:
+    """A chord body: how many header results arrived."""
+    return len(results)

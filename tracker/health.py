@@ -1,0 +1,275 @@
+"""The health sweep: keep the store truthful when workers die or tasks stop moving.
+
+One pass (:func:`sweep` synchronously for ``tracker sweep``, :func:`sweep_async` in the
+gateway's loop) does, in one short transaction:
+
+* tasks ``running``/``paused`` on a Celery worker whose heartbeat is older than
+  ``worker_lost_after`` become ``failed`` with ``error_type`` ``worker-lost`` and a
+  ``task.failed`` event is published;
+* ``running`` tasks without progress (``progress_at``, else ``started_at``) for
+  ``stall_after`` get ``stalled_at`` and a ``task.stalled`` event, once per stall: again only
+  after they made progress since;
+* control flags (``{prefix}:control:{id}``) of tasks that have ended are deleted.
+
+Both changes are conditional ``UPDATE ... RETURNING`` statements: a task that heartbeats or
+ended meanwhile is never touched, and two sweepers never report the same task twice. A
+transaction-level advisory lock lets only one of several gateways sweep at a time.
+Statements are built once here and executed by both paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, Update, func, literal, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tracker.bus import EventBus
+from tracker.config import TrackerConfig
+from tracker.control import CONTROL_TTL, control_key, index_key
+from tracker.models import Task
+from tracker.reporter import Reporter
+
+__all__ = [
+    "SWEEP_LOCK",
+    "SweepResult",
+    "lock_statement",
+    "lost_statement",
+    "stalled_statement",
+    "flag_status_statement",
+    "ended_flags",
+    "sweep_interval",
+    "sweep",
+    "sweep_async",
+    "publish",
+    "cli_reporter",
+]
+
+logger = logging.getLogger("tracker.health")
+
+#: Advisory lock key of the sweep ("trkS"); retention uses its own.
+SWEEP_LOCK = 0x74726B53
+#: Flags set this recently are left alone by the clean-up (their task may not be stored yet).
+_FLAG_GRACE = 5.0
+_FLAG_PAGE = 1000
+_ACTIVE = ("running", "paused")
+_TERMINAL = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one pass did. ``skipped`` is True when another sweeper held the lock."""
+
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    stalled: list[dict[str, Any]] = field(default_factory=list)
+    flags_cleared: int = 0
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lost": [r["task_id"] for r in self.lost], "stalled": [r["task_id"] for r in self.stalled],
+                "flags_cleared": self.flags_cleared, "skipped": self.skipped}
+
+
+def _seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def sweep_interval(config: TrackerConfig) -> float:
+    """How often the gateway sweeps: a few times per ``worker_lost_after``, within [0.25 s, 10 s]."""
+    return max(0.25, min(10.0, config.worker_lost_after / 4.0, config.stall_after / 4.0))
+
+
+# -- statements (executed by both the sync and the async path) ----------------------------------
+def lock_statement(key: int = SWEEP_LOCK) -> Select[Any]:
+    """Try the transaction-level advisory lock; released by the transaction's end."""
+    return select(func.pg_try_advisory_xact_lock(literal(key)))
+
+
+def lost_statement(worker_lost_after: float) -> Update:
+    """Mark tasks whose worker stopped heartbeating ``failed``/``worker-lost``; returns them.
+
+    Only tasks that ran on a Celery worker (``worker_pid`` set) heartbeat; tasks reported
+    through the REST API do not and are never taken for lost. The predicate matches the
+    partial index on active tasks' ``heartbeat_at``.
+    """
+    after = _seconds("worker_lost_after", worker_lost_after)
+    cutoff = func.now() - timedelta(seconds=after)
+    message = f"worker lost: no heartbeat for more than {after:g} s (process killed or host down)"
+    return (
+        update(Task)
+        .where(Task.status.in_(_ACTIVE), Task.worker_pid.is_not(None), Task.heartbeat_at < cutoff)
+        .values(status="failed", status_ts=func.extract("epoch", func.now()), error_type="worker-lost",
+                error_message=message, finished_at=func.now(), updated_at=func.now(), eta_seconds=0.0)
+        .returning(Task.task_id, Task.user_id, Task.name, Task.task_type, Task.progress, Task.current_step,
+                   Task.worker, Task.started_at, Task.finished_at, Task.heartbeat_at, Task.error_type,
+                   Task.error_message, Task.retries)
+    )
+
+
+def stalled_statement(stall_after: float) -> Update:
+    """Flag running tasks without progress for ``stall_after``; returns the newly flagged ones.
+
+    ``stalled_at`` is set once per stall: a task is flagged again only after it made
+    progress since it was last flagged.
+    """
+    after = _seconds("stall_after", stall_after)
+    last_move = func.coalesce(Task.progress_at, Task.started_at)
+    return (
+        update(Task)
+        .where(Task.status == "running", last_move < func.now() - timedelta(seconds=after),
+               (Task.stalled_at.is_(None)) | (Task.stalled_at < last_move))
+        .values(stalled_at=func.now())
+        .returning(Task.task_id, Task.user_id, Task.name, Task.task_type, Task.progress, Task.current_step,
+                   Task.worker, Task.started_at, Task.stalled_at, last_move.label("last_progress_at"))
+    )
+
+
+def flag_status_statement(task_ids: Sequence[str]) -> Any:
+    return select(Task.task_id, Task.status, Task.started_at).where(Task.task_id.in_(list(task_ids)))
+
+
+def ended_flags(rows: Iterable[Any]) -> list[str]:
+    """Ids among ``rows`` (task_id, status, started_at) whose control flag is no longer needed.
+
+    A task cancelled before it started keeps its flag until the flag expires: its message may
+    still sit in a queue, and the flag is what makes a worker discard it.
+    """
+    done = []
+    for task_id, status, started_at in rows:
+        if status in _TERMINAL and not (status == "cancelled" and started_at is None):
+            done.append(task_id)
+    return done
+
+
+def _epoch(value: Any) -> float | None:
+    return value.timestamp() if isinstance(value, datetime) else None
+
+
+def publish(reporter: Reporter | None, result: SweepResult) -> None:
+    """Publish the events of a pass: ``task.failed`` per lost task, ``task.stalled`` per stall.
+
+    The rows are already updated in the store; only the bus is used (a recorder-less
+    ``Reporter`` carries the terminal event in the same shape as a worker's).
+    """
+    bus = reporter.bus if reporter is not None else None
+    if bus is None:
+        return
+    events = Reporter(None, bus)
+    for r in result.lost:
+        events.status(r["task_id"], "failed", user_id=r["user_id"], ts=_epoch(r["finished_at"]) or time.time(),
+                      progress=r["progress"], started_at=_epoch(r["started_at"]),
+                      finished_at=_epoch(r["finished_at"]), error_type=r["error_type"],
+                      error_message=r["error_message"], name=r["name"], task_type=r["task_type"],
+                      worker=r["worker"], current_step=r["current_step"], reason="worker-lost")
+    for r in result.stalled:
+        stalled_at = _epoch(r["stalled_at"]) or time.time()
+        last = _epoch(r["last_progress_at"])
+        data = {"status": "running", "progress": r["progress"], "current_step": r["current_step"],
+                "name": r["name"], "task_type": r["task_type"], "worker": r["worker"], "stalled_at": stalled_at,
+                "last_progress_at": last, "stalled_for": round(stalled_at - last, 3) if last else None}
+        bus.publish("task.stalled", r["task_id"], r["user_id"], data, stalled_at)
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in result]
+
+
+def _log(result: SweepResult) -> None:
+    for r in result.lost:
+        logger.warning("task %s (%s) marked failed: worker %s lost", r["task_id"], r["name"], r["worker"])
+    for r in result.stalled:
+        logger.warning("task %s (%s) stalled: no progress since %s", r["task_id"], r["name"],
+                       r["last_progress_at"])
+
+
+# -- synchronous pass (tracker sweep) ------------------------------------------------------------
+def sweep(engine: Engine, config: TrackerConfig, *, redis: Any = None, reporter: Reporter | None = None) -> SweepResult:
+    """One pass with a synchronous engine (and Redis client for the flag clean-up)."""
+    lost_stmt = lost_statement(config.worker_lost_after)
+    stalled_stmt = stalled_statement(config.stall_after)
+    candidates = _flag_candidates_sync(redis, config.prefix) if redis is not None else []
+    with engine.begin() as conn:
+        if not conn.execute(lock_statement()).scalar():
+            return SweepResult(skipped=True)
+        lost = _rows(conn.execute(lost_stmt))
+        stalled = _rows(conn.execute(stalled_stmt))
+        ended = ended_flags(conn.execute(flag_status_statement(candidates))) if candidates else []
+    cleared = _clear_flags_sync(redis, config.prefix, ended) if ended else 0
+    result = SweepResult(lost, stalled, cleared)
+    publish(reporter, result)
+    _log(result)
+    return result
+
+
+def _flag_candidates_sync(redis: Any, prefix: str) -> list[str]:
+    now = time.time()
+    index = index_key(prefix)
+    pipe = redis.pipeline(transaction=False)
+    pipe.zremrangebyscore(index, "-inf", now - CONTROL_TTL)
+    pipe.zrangebyscore(index, "-inf", now - _FLAG_GRACE, start=0, num=_FLAG_PAGE)
+    _, members = pipe.execute()
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
+def _clear_flags_sync(redis: Any, prefix: str, task_ids: list[str]) -> int:
+    pipe = redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.delete(control_key(prefix, task_id))
+    pipe.zrem(index_key(prefix), *task_ids)
+    pipe.execute()
+    return len(task_ids)
+
+
+# -- asynchronous pass (the gateway's sweeper) ---------------------------------------------------
+async def sweep_async(engine: AsyncEngine, config: TrackerConfig, *, redis: Any = None,
+                      reporter: Reporter | None = None) -> SweepResult:
+    """One pass with an asyncio engine and Redis client; the same statements as :func:`sweep`."""
+    lost_stmt = lost_statement(config.worker_lost_after)
+    stalled_stmt = stalled_statement(config.stall_after)
+    candidates = await _flag_candidates_async(redis, config.prefix) if redis is not None else []
+    async with engine.begin() as conn:
+        if not (await conn.execute(lock_statement())).scalar():
+            return SweepResult(skipped=True)
+        lost = _rows(await conn.execute(lost_stmt))
+        stalled = _rows(await conn.execute(stalled_stmt))
+        ended = ended_flags(await conn.execute(flag_status_statement(candidates))) if candidates else []
+    cleared = await _clear_flags_async(redis, config.prefix, ended) if ended else 0
+    result = SweepResult(lost, stalled, cleared)
+    publish(reporter, result)  # appends to the bus's buffer: no I/O on the event loop
+    _log(result)
+    return result
+
+
+async def _flag_candidates_async(redis: Any, prefix: str) -> list[str]:
+    now = time.time()
+    index = index_key(prefix)
+    pipe = redis.pipeline(transaction=False)
+    pipe.zremrangebyscore(index, "-inf", now - CONTROL_TTL)
+    pipe.zrangebyscore(index, "-inf", now - _FLAG_GRACE, start=0, num=_FLAG_PAGE)
+    _, members = await pipe.execute()
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
+async def _clear_flags_async(redis: Any, prefix: str, task_ids: list[str]) -> int:
+    pipe = redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.delete(control_key(prefix, task_id))
+    pipe.zrem(index_key(prefix), *task_ids)
+    await pipe.execute()
+    return len(task_ids)
+
+
+def cli_reporter(config: TrackerConfig) -> Reporter | None:
+    """A bus-only Reporter for a one-shot sweep (``tracker sweep``); close it to flush."""
+    if not config.redis_url:
+        return None
+    bus = EventBus(config.redis_url, prefix=config.prefix, maxlen=config.stream_maxlen, name="tracker-sweep-bus")
+    return Reporter(None, bus)

@@ -1,0 +1,182 @@
+"""Retention: delete what is older than a cutoff in small batches, without long locks.
+
+``tracker purge --older-than 30d`` and the gateway (every hour, ``tracker_retention_days``)
+delete finished tasks, log lines, progress points, metrics, read notifications and stale
+worker rows older than the cutoff. Each statement deletes at most ``batch_size`` rows found
+through the table's time index (``ctid`` batches: no second index lookup) and commits on its
+own, so no lock is held for long and other writers are never blocked behind a purge. A
+session-level advisory lock keeps two purges (several gateways, cron) from doing the same
+work twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import TextClause, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = [
+    "PURGE_LOCK",
+    "TARGETS",
+    "DEFAULT_BATCH",
+    "PurgeResult",
+    "parse_age",
+    "cutoff_for",
+    "batch_statement",
+    "check_batch",
+    "purge",
+    "purge_async",
+]
+
+#: Advisory lock key of a purge ("trkP").
+PURGE_LOCK = 0x74726B50
+DEFAULT_BATCH = 10_000
+MAX_BATCH = 1_000_000
+
+#: (name, table, rows older than ``:cutoff``). Every predicate matches an index on its time
+#: column (see the models and migration 0002).
+TARGETS: tuple[tuple[str, str, str], ...] = (
+    ("tasks", "tracker_tasks", "status IN ('completed','failed','cancelled') AND finished_at < :cutoff"),
+    ("logs", "tracker_logs", "ts < :cutoff"),
+    ("progress", "tracker_progress", "ts < :cutoff"),
+    ("metrics", "tracker_metrics", "ts < :cutoff"),
+    ("notifications", "tracker_notifications", "is_read AND created_at < :cutoff"),
+    ("workers", "tracker_workers", "heartbeat_at < :cutoff"),
+)
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 86400}
+
+
+@dataclass
+class PurgeResult:
+    """Rows deleted per target; ``skipped`` when another purge held the lock."""
+
+    cutoff: datetime
+    deleted: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    skipped: bool = False
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cutoff": self.cutoff.isoformat(), "deleted": dict(self.deleted), "total": self.total,
+                "batches": self.batches, "skipped": self.skipped, "seconds": round(self.seconds, 3)}
+
+
+def parse_age(value: Any) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``2w``, ``45s``, a bare number of days, or a timedelta."""
+    if isinstance(value, timedelta):
+        age = value
+    elif isinstance(value, bool):
+        raise TypeError("age must be text such as '30d' or a number of days")
+    elif isinstance(value, (int, float)):
+        age = timedelta(days=value)
+    elif isinstance(value, str):
+        m = _AGE.fullmatch(value.strip().lower())
+        if not m:
+            raise ValueError(f"cannot read {value!r} as an age; use e.g. '30d', '12h', '90m', '2w'")
+        age = timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    else:
+        raise TypeError("age must be text such as '30d' or a number of days")
+    if age.total_seconds() <= 0:
+        raise ValueError(f"age must be positive, got {value!r}")
+    return age
+
+
+def cutoff_for(older_than: Any, now: datetime | None = None) -> datetime:
+    return (now or datetime.now(UTC)) - parse_age(older_than)
+
+
+def check_batch(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError("batch_size must be an integer")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
+    return batch_size
+
+
+def batch_statement(table: str, where: str) -> TextClause:
+    """Delete one batch (``:n`` rows at most) of ``table`` matching ``where``; rowcount is the size.
+
+    ``table`` and ``where`` come from :data:`TARGETS`, never from user input.
+    """
+    return text(f"DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table} WHERE {where} LIMIT :n))")
+
+
+_LOCK = text("SELECT pg_try_advisory_lock(:k)")
+_UNLOCK = text("SELECT pg_advisory_unlock(:k)")
+
+
+def purge(engine: Engine, older_than: Any, *, batch_size: int = DEFAULT_BATCH, pause: float = 0.0) -> PurgeResult:
+    """Delete everything older than ``older_than`` (e.g. ``"30d"``) in committed batches."""
+    n = check_batch(batch_size)
+    result = PurgeResult(cutoff_for(older_than))
+    t0 = time.monotonic()
+    with engine.connect() as conn:
+        got = conn.execute(_LOCK, {"k": PURGE_LOCK}).scalar()
+        conn.commit()
+        if not got:
+            result.skipped = True
+            return result
+        try:
+            for name, table, where in TARGETS:
+                stmt = batch_statement(table, where)
+                total = 0
+                while True:
+                    count = conn.execute(stmt, {"cutoff": result.cutoff, "n": n}).rowcount
+                    conn.commit()  # one short transaction per batch
+                    result.batches += 1
+                    total += count
+                    if count < n:
+                        break
+                    if pause:
+                        time.sleep(pause)
+                result.deleted[name] = total
+        finally:
+            conn.execute(_UNLOCK, {"k": PURGE_LOCK})
+            conn.commit()
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+async def purge_async(engine: AsyncEngine, older_than: Any, *, batch_size: int = DEFAULT_BATCH,
+                      pause: float = 0.01) -> PurgeResult:
+    """:func:`purge` on an asyncio engine; ``pause`` between batches leaves room for other work."""
+    n = check_batch(batch_size)
+    result = PurgeResult(cutoff_for(older_than))
+    t0 = time.monotonic()
+    async with engine.connect() as conn:
+        got = (await conn.execute(_LOCK, {"k": PURGE_LOCK})).scalar()
+        await conn.commit()
+        if not got:
+            result.skipped = True
+            return result
+        try:
+            for name, table, where in TARGETS:
+                stmt = batch_statement(table, where)
+                total = 0
+                while True:
+                    count = (await conn.execute(stmt, {"cutoff": result.cutoff, "n": n})).rowcount
+                    await conn.commit()
+                    result.batches += 1
+                    total += count
+                    if count < n:
+                        break
+                    await asyncio.sleep(pause)
+                result.deleted[name] = total
+        finally:
+            await conn.execute(_UNLOCK, {"k": PURGE_LOCK})
+            await conn.commit()
+    result.seconds = time.monotonic() - t0
+    return result
