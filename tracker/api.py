@@ -203,6 +203,58 @@ class Tracker:
             row = conn.execute(stmt.returning(Notification.id)).first()
         return row is not None
 
+    def mark_unread(self, notification_id: int, user_id: str | None = None) -> bool:
+        """Mark a notification unread again (only ``user_id``'s when given); False if there is none."""
+        with self.engine.begin() as conn:
+            return conn.execute(q.mark_notification_unread(notification_id, user_id)).first() is not None
+
+    def notification(self, notification_id: int, user_id: str | None = None) -> NotificationRecord | None:
+        """One notification; ``None`` if there is none or (with ``user_id``) it is another user's."""
+        from tracker.notify import notification_record
+
+        rows = self._all(q.notification_by_id(notification_id, user_id))
+        return notification_record(rows[0]) if rows else None
+
+    def delete_notification(self, notification_id: int, user_id: str | None = None) -> bool:
+        """Delete a notification (only ``user_id``'s when given); False if there is none."""
+        with self.engine.begin() as conn:
+            return conn.execute(q.delete_notification(notification_id, user_id)).first() is not None
+
+    def notification_stats(self, user_id: str | None = None) -> dict[str, Any]:
+        """``total``, ``unread``, ``urgent`` and ``high`` counts."""
+        rows = self._all(q.notification_stats(user_id))
+        return dict(rows[0]._mapping) if rows else {"total": 0, "unread": 0, "urgent": 0, "high": 0}
+
+    def notify(self, user_id: str | None, title: str, message: str = "", type: str = "info",
+               priority: str = "normal", channels: Any = ("websocket",), task_id: str | None = None,
+               action_url: str | None = None, metadata: dict[str, Any] | None = None,
+               dedup_key: str | None = None) -> NotificationRecord:
+        """Create a notification for ``user_id`` (from task code or an app): stored now, delivered
+        on ``channels`` (websocket, email, slack, webhook) by a running gateway's notifier.
+        A ``dedup_key`` already used returns the notification stored under it."""
+        return self.notify_many([{"user_id": user_id, "title": title, "message": message, "type": type,
+                                  "priority": priority, "channels": channels, "task_id": task_id,
+                                  "action_url": action_url, "metadata": metadata, "dedup_key": dedup_key}])[0]
+
+    def notify_many(self, items: Any) -> list[NotificationRecord]:
+        """Create many notifications (dicts of :meth:`notify`'s arguments) in one transaction:
+        all are validated first, so bad input raises ValueError/TypeError and stores nothing."""
+        from tracker import notify as nt
+
+        if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
+            raise TypeError("notify_many takes a list of dicts")
+        checked = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise TypeError(f"notification {i} must be a dict")
+            try:
+                checked.append(nt.check_notification(**item))
+            except TypeError as exc:
+                if "unexpected keyword" in str(exc):
+                    raise ValueError(f"notification {i}: unknown field ({exc})") from None
+                raise
+        return nt.create_notifications(self.engine, self.redis, self.config.prefix, checked)
+
     # -- control -----------------------------------------------------------------------------------
     def _apply(self, task_id: str, action: str, terminate: bool = False) -> bool:
         plan = control.apply_sync(self.redis, self.config.prefix, self._require(task_id), action,
