@@ -142,3 +142,12 @@ def steps(self: TrackedTask, n: int, delay: float = 0.05, marker: str | None = N
 def collect(results: list[object]) -> int:
     """A chord body: how many header results arrived."""
     return len(results)
+
+
+@app.task(name="tests.build_late", base=TrackedTask, bind=True, acks_late=True)
+def build_late(self: TrackedTask, n: int) -> int:
+    """``build`` acknowledged only after it returns (for durability checks)."""
+    for _ in self.track(range(n), step="processing"):
+        pass
+    self.log.info("late ack task done")
+    return n
