@@ -337,6 +337,8 @@ def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = 
                                   ("task.retries", float(active.retries), "count")):
             rt.reporter.metric(name, value, unit=unit, task_id=task_id, task_type=active.task_type,
                                user_id=active.user_id, publish=False)
+        if rt.recorder is not None:
+            rt.recorder.finished_run(active.task_type)
     if rt.config.durable:
         rt.flush(timeout=10.0)
 

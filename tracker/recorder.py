@@ -327,9 +327,16 @@ class Recorder:
     def median_runtime(self, task_type: str) -> float | None:
         """Recent median run time of ``task_type`` (cached; refreshed in the background)."""
         cached = self._medians.get(task_type)
-        if cached is None or time.monotonic() - cached[0] > 60:
+        # Refresh a known figure every minute; an unknown one (no finished runs yet) soon.
+        if cached is None or time.monotonic() - cached[0] > (60 if cached[1] is not None else 2):
             self._median_wanted.add(task_type)
         return cached[1] if cached else None
+
+    def finished_run(self, task_type: str) -> None:
+        """A run of ``task_type`` finished here: refresh its median soon (at most every 5 s)."""
+        cached = self._medians.get(task_type)
+        if cached is None or cached[1] is None or time.monotonic() - cached[0] > 5:
+            self._median_wanted.add(task_type)
 
     # -- synchronisation ------------------------------------------------------------------
     def flush(self, timeout: float = 10.0) -> bool:
@@ -438,7 +445,8 @@ class Recorder:
                 for task_type in wanted:
                     cur.execute(_MEDIAN_SQL, (task_type,))
                     row = cur.fetchone()
-                    self._medians[task_type] = (time.monotonic(), row[0] if row else None)
+                    self._medians[task_type] = (time.monotonic(), float(row[0]) if row and row[0] is not None
+                                                else None)
                     self._median_wanted.discard(task_type)
             conn.commit()
         except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:

@@ -108,3 +108,16 @@ def test_queries_filter_and_paginate(tracked_app, worker, tracker):
     add_stats = next(g for g in stats["groups"] if g["group"] == "tests.add")
     assert add_stats["completed"] >= 7 and add_stats["success_rate"] == 1.0
     assert add_stats["p50_duration"] is not None and add_stats["p95_duration"] >= add_stats["p50_duration"]
+
+
+def test_eta_before_any_progress_comes_from_the_median_run_time(tracked_app, make_worker, tracker):
+    from tests.apps.tasks import sleep
+
+    worker = make_worker(concurrency=1)
+    for _ in range(3):
+        _done(tracker, sleep.apply_async((0.3,), queue=worker.queue).id)
+    res = sleep.apply_async((1.5,), queue=worker.queue)
+    running = wait_for(lambda: (r := tracker.get(res.id)) is not None and r.status == "running" and r)
+    # tests.sleep never reports progress: the estimate is the median of its recent runs.
+    assert running.eta_seconds is not None and 0.25 <= running.eta_seconds <= 0.6
+    assert _done(tracker, res.id).status == "completed"
