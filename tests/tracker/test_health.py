@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import pytest
@@ -77,13 +78,18 @@ def test_sigkill_of_whole_worker_marks_task_lost_and_spares_living_one(
     since = stream_tail(rdb)
     dead = steps.apply_async((1200, 0.05), queue=doomed.queue)  # a minute: it is killed long before
     live = steps.apply_async((260, 0.05), queue=alive.queue)  # ~13 s: outlives the lost window
-    recs = {r.id: wait_for(lambda r=r: (t := tracker.get(r.id)) and t.status == "running" and t.heartbeat_at and t,
-                           what="running") for r in (dead, live)}
+    def running(task_id: str) -> Any:
+        t = tracker.get(task_id)
+        return t if t is not None and t.status == "running" and t.heartbeat_at else None
+
+    recs = {r.id: wait_for(partial(running, r.id), what="running") for r in (dead, live)}
+
+    def beat_since(task_id: str, first: Any) -> bool:
+        return bool(tracker.get(task_id).heartbeat_at > first.heartbeat_at)
 
     # Both pool processes heartbeat: each task's heartbeat moves and each process has a fresh row.
     for task_id, first in recs.items():
-        wait_for(lambda task_id=task_id, first=first: tracker.get(task_id).heartbeat_at > first.heartbeat_at,
-                 timeout=10, what="heartbeat advances")
+        wait_for(partial(beat_since, task_id, first), timeout=10, what="heartbeat advances")
     pids = [row(sql, r.id)["worker_pid"] for r in (dead, live)]
     assert len(set(pids)) == 2
     fresh = sql.execute("SELECT pid FROM tracker_workers WHERE pid = ANY(%s) AND heartbeat_at > now() - interval '5s'",
@@ -134,8 +140,12 @@ def test_stalled_task_is_flagged_once_and_not_failed(tracked_app: Any, worker: A
     since = stream_tail(rdb)
     quiet = sleep.apply_async((5,), queue=worker.queue)  # never reports progress
     busy = steps.apply_async((80, 0.05), queue=worker.queue)  # reports progress all along
+    def running(task_id: str) -> bool:
+        t = tracker.get(task_id)
+        return t is not None and t.status == "running"
+
     for r in (quiet, busy):
-        wait_for(lambda r=r: (t := tracker.get(r.id)) and t.status == "running", what="running")
+        wait_for(partial(running, r.id), what="running")
 
     def stalled() -> list[str]:
         return [r["task_id"] for r in health.sweep(tracker.engine, config, redis=rdb, reporter=sweeper).stalled]
@@ -191,7 +201,8 @@ def test_only_worker_tasks_with_stale_heartbeats_are_lost(tracker_env: dict[str,
 
 
 def test_bad_windows_are_refused(tracker_env: dict[str, str], tracker: Any) -> None:
-    for bad in (0, -1, "30", True):
+    bad_values: list[Any] = [0, -1, "30", True]
+    for bad in bad_values:
         with pytest.raises(ValueError):
             health.lost_statement(bad)
         with pytest.raises(ValueError):
