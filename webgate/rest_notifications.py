@@ -1,0 +1,90 @@
+"""REST: in-app notifications of the caller (admins: anyone's) - list, mark read, delete, counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from tracker import queries as q
+from tracker.records import NotificationRecord
+from webgate.db import execute, fetch_all, fetch_one
+from webgate.errors import json_error
+from webgate.rest import CURSOR, LIMIT, TEXT, Call, no_content, operation, reply, scope_user
+from webgate.rest_schema import ref
+
+__all__: list[str] = []
+
+_FILTERS: dict[str, dict[str, Any]] = {
+    "unread": {"type": "boolean", "description": "true: only unread; false: only read"},
+    "type": {"type": "string", "enum": ["info", "success", "warning", "error", "progress"]},
+    "priority": {"type": "string", "enum": ["urgent", "high", "normal", "low"]},
+    "limit": LIMIT, "cursor": CURSOR,
+}
+_ID = {"notification_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
+
+
+async def _page(call: Call, user_id: str | None) -> web.Response:
+    a = call.query
+    n = a["limit"]
+    rows = await fetch_all(call.app, q.notifications(user_id=user_id, unread=a.get("unread"), limit=n,
+                                                     cursor=a.get("cursor"), type=a.get("type"),
+                                                     priority=a.get("priority")))
+    items, nxt = q.page(rows, n, lambda r: q.encode_cursor(r.id))
+    return reply({"items": [NotificationRecord.from_row(r).to_dict() for r in items], "next_cursor": nxt})
+
+
+@operation("GET", "/notifications", operation_id="listNotifications", tag="notifications",
+           summary="The caller's notifications, newest first (admins: everyone's, or user_id's)",
+           query={**_FILTERS, "user_id": TEXT}, ok=(200, "A page of notifications", ref("NotificationPage")),
+           errors=(403,))
+async def list_notifications(call: Call) -> web.Response:
+    return await _page(call, scope_user(call, call.query.get("user_id")))
+
+
+@operation("GET", "/users/{user_id}/notifications", operation_id="listUserNotifications", tag="notifications",
+           summary="One user's notifications (that user or an admin)",
+           path_params={"user_id": {"type": "string", "minLength": 1, "maxLength": 255}}, query=_FILTERS,
+           ok=(200, "A page of notifications", ref("NotificationPage")), errors=(403,))
+async def user_notifications(call: Call) -> web.Response:
+    user_id = scope_user(call, call.path["user_id"])
+    return await _page(call, user_id)
+
+
+async def _own(call: Call) -> int:
+    """The notification id if the caller may touch it: 404 when missing, 403 when another user's."""
+    nid = call.path["notification_id"]
+    row = await fetch_one(call.app, q.notification_by_id(nid))
+    if row is None:
+        raise json_error(404, "not_found", f"no notification {nid}")
+    if not call.principal.can_see_user(row.user_id):
+        raise json_error(403, "forbidden", "this notification belongs to another user")
+    return int(nid)
+
+
+@operation("PATCH", "/notifications/{notification_id}/read", operation_id="markNotificationRead",
+           tag="notifications", summary="Mark a notification read", path_params=_ID,
+           ok=(200, "The notification", ref("Notification")), errors=(403, 404))
+async def mark_read(call: Call) -> web.Response:
+    nid = await _own(call)
+    rows = await execute(call.app, q.mark_notification_read(nid))
+    if not rows:  # deleted in between
+        raise json_error(404, "not_found", f"no notification {nid}")
+    return reply(NotificationRecord.from_row(rows[0]).to_dict())
+
+
+@operation("DELETE", "/notifications/{notification_id}", operation_id="deleteNotification", tag="notifications",
+           summary="Delete a notification", path_params=_ID, ok=(204, "Deleted", None), errors=(403, 404))
+async def delete_notification(call: Call) -> web.Response:
+    nid = await _own(call)
+    await execute(call.app, q.delete_notification(nid))
+    return no_content()
+
+
+@operation("GET", "/notifications/stats", operation_id="notificationStats", tag="notifications",
+           summary="Notification counts: total, unread, urgent, high", query={"user_id": TEXT},
+           ok=(200, "Counts", ref("NotificationStats")), errors=(403,))
+async def notification_stats(call: Call) -> web.Response:
+    row = await fetch_one(call.app, q.notification_stats(scope_user(call, call.query.get("user_id"))))
+    counts = dict(row._mapping) if row is not None else {}
+    return reply({k: int(counts.get(k) or 0) for k in ("total", "unread", "urgent", "high")})
