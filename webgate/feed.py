@@ -1,9 +1,313 @@
-"""Placeholder: filled in by its issue."""
+"""The live feed: ``GET /api/v1/progress/ws`` and the JavaScript client.
+
+Client to server (JSON text frames)::
+
+    {"op": "subscribe", "topic": "task:<id>" | "user:<id>" | "group:<id>" | "all", "since": "<event id>"?}
+    {"op": "unsubscribe", "topic": ...}
+    {"op": "ping"}
+    {"op": "pause" | "resume" | "cancel", "task_id": "<id>"}      -> {"type": "ack", "op": ..., "task_id": ...}
+
+Server to client: ``snapshot`` after a subscribe without ``since``; ``event`` frames
+(:meth:`tracker.events.Event.to_frame`); ``recovered`` after a subscribe with ``since`` (replayed
+events come first; with ``complete: false`` a ``snapshot`` follows); ``error`` with ``code`` and
+``message`` for refused or malformed messages (the connection stays open); ``pong``.
+
+Authorisation: a user may subscribe to ``user:<own id>``, to tasks it owns and to groups
+holding its tasks (it then only sees its own tasks' events there); ``all``, other users'
+topics and their tasks need an admin token.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from tracker import control, queries
+from tracker.api import task_record
+from tracker.status import TERMINAL, Status
+from webgate import frames
+from webgate.auth import authenticate
+from webgate.db import fetch_all, fetch_one
+from webgate.hub import Conn, FeedSettings, Hub, Item, id_key
+from webgate.keys import CELERY_APP, CONFIG, REDIS, REPORTER
+from webgate.stream import StreamReader, is_complete, replay
+
+__all__ = ["setup", "HUB", "FEED_SETTINGS", "STREAM_READER", "WS_PATH", "CLIENT_JS_PATH"]
+
+logger = logging.getLogger("webgate.feed")
+
+WS_PATH = "/api/v1/progress/ws"
+CLIENT_JS_PATH = "/static/tracker-client.js"
+_CLIENT_JS = Path(__file__).parent / "static" / "tracker-client.js"
+
+#: Override before the app starts to tune the feed (tests use small bounds).
+FEED_SETTINGS = web.AppKey("tracker_feed_settings", FeedSettings)
+HUB = web.AppKey("tracker_feed_hub", Hub)
+STREAM_READER = web.AppKey("tracker_feed_reader", StreamReader)
+
+_ID_RE = re.compile(r"\d{1,20}(-\d{1,20})?")
+_MAX_IDENT = 255
+_CONTROL_OPS = frozenset(control.ACTIONS)
+_UNFINISHED = [s.value for s in Status if s not in TERMINAL]
+_UNAVAILABLE = (SQLAlchemyError, RedisError, OSError, TimeoutError)
+
+
+class Refused(Exception):
+    """A message the server will not act on: becomes an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.context = context
+
+    def frame(self) -> bytes:
+        return frames.error(self.code, str(self), **self.context)
+
+
+# -- the WebSocket endpoint ----------------------------------------------------------------------------
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    principal = authenticate(request)  # a JSON 401 before the upgrade
+    app = request.app
+    settings = app[FEED_SETTINGS]
+    # No compression: the hub writes pre-encoded frames straight to the transport.
+    ws = web.WebSocketResponse(heartbeat=settings.heartbeat, max_msg_size=settings.max_msg_size, compress=False,
+                               timeout=settings.close_grace)
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:
+        return ws
+    hub = app[HUB]
+    conn = hub.connect(ws, transport, principal.user_id, principal.admin)  # type: ignore[arg-type]
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await _handle(app, hub, conn, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                hub.send(conn, frames.error("bad_request", "binary frames are not accepted: send JSON text"))
+    finally:
+        hub.disconnect(conn)
+    return ws
+
+
+async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
+    try:
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            raise Refused("bad_json", "message is not valid JSON") from None
+        if not isinstance(msg, dict):
+            raise Refused("bad_request", "a message must be a JSON object with an 'op'")
+        op = msg.get("op")
+        if not isinstance(op, str):
+            raise Refused("bad_request", "'op' must be a string")
+        if op == "ping":
+            hub.send(conn, frames.pong())
+        elif op == "subscribe":
+            await _subscribe(app, hub, conn, msg)
+        elif op == "unsubscribe":
+            topic = _topic(msg)
+            hub.unsubscribe(conn, topic)
+        elif op in _CONTROL_OPS:
+            await _control(app, hub, conn, op, msg)
+        else:
+            raise Refused("unknown_op", f"unknown op {op[:40]!r}; expected subscribe, unsubscribe, ping, "
+                          "pause, resume or cancel", op=op[:40])
+    except Refused as exc:
+        hub.send(conn, exc.frame())
+    except _UNAVAILABLE as exc:
+        logger.warning("feed: store unavailable: %s", exc)
+        hub.send(conn, frames.error("unavailable", "the store is unavailable; try again"))
+
+
+def _topic(msg: dict[str, Any]) -> str:
+    topic = msg.get("topic")
+    if not isinstance(topic, str):
+        raise Refused("bad_topic", "'topic' must be a string: task:<id>, user:<id>, group:<id> or all")
+    if topic == "all":
+        return topic
+    kind, sep, ident = topic.partition(":")
+    if not sep or kind not in ("task", "user", "group") or not ident or len(ident) > _MAX_IDENT:
+        raise Refused("bad_topic", f"unknown topic {topic[:80]!r}: use task:<id>, user:<id>, group:<id> or all",
+                      topic=topic[:80])
+    return topic
+
+
+# -- subscribe ---------------------------------------------------------------------------------------------
+async def _subscribe(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, Any]) -> None:
+    topic = _topic(msg)
+    since = msg.get("since")
+    if since is not None and (not isinstance(since, str) or not _ID_RE.fullmatch(since)):
+        raise Refused("bad_request", "'since' must be a stream id such as '1700000000000-0'", topic=topic)
+    if topic not in conn.topics and len(conn.topics) >= hub.settings.max_topics:
+        raise Refused("too_many_topics", f"at most {hub.settings.max_topics} topics per connection", topic=topic)
+    await _authorize(app, hub, conn, topic)
+    hub.begin_loading(conn)
+    upto = hub.subscribe(conn, topic)
+    try:
+        if since is None:
+            hub.deliver(conn, [(None, frames.snapshot(topic, await _snapshot(app, conn, topic)))])
+            return
+        redis = app[REDIS]
+        key = app[CONFIG].prefix + ":events"
+        complete = await is_complete(redis, key, since)
+        if upto is not None:
+            async for chunk in replay(redis, key, since, upto, batch=500):
+                items: list[Item] = [hub.item(ev) for ev in chunk if hub.matches(topic, ev, conn)]
+                # Replayed events are exact (never coalesced): wait for the client to take the previous
+                # chunk; one that cannot in time is closed like any slow client.
+                if hub.behind(conn) and not await hub.drained(conn, hub.settings.close_grace):
+                    hub.close(conn, 1013, "too slow: reconnect and resume with since")
+                    return
+                if conn.closed:
+                    return
+                hub.deliver(conn, items, coalesce=False)
+            if id_key(since) > id_key(upto):
+                # The client saw events this gateway has not read yet: do not send them twice.
+                conn.floor = max(conn.floor or (0, 0), id_key(since))
+        hub.deliver(conn, [(None, frames.recovered(topic, complete))])
+        if not complete:
+            hub.deliver(conn, [(None, frames.snapshot(topic, await _snapshot(app, conn, topic)))])
+    except BaseException:
+        hub.unsubscribe(conn, topic)
+        raise
+    finally:
+        hub.end_loading(conn)
+
+
+async def _task_owner(app: web.Application, hub: Hub, task_id: str) -> tuple[bool, str | None]:
+    known = hub.recent.get(task_id)
+    if known is not None:
+        return True, known[0]
+    row = await fetch_one(app, queries.task_by_id(task_id))
+    if row is None:
+        return False, None
+    return True, row._mapping["user_id"]
+
+
+async def _authorize(app: web.Application, hub: Hub, conn: Conn, topic: str) -> None:
+    kind, _, ident = topic.partition(":")
+    if kind == "group":
+        await _authorize_group(app, hub, conn, ident)
+        return
+    if conn.admin:
+        return
+    if kind == "all":
+        raise Refused("forbidden", "the 'all' topic needs an admin token", topic=topic)
+    if kind == "user":
+        if ident != conn.user_id:
+            raise Refused("forbidden", "you may only subscribe to your own user topic", topic=topic)
+        return
+    found, owner = await _task_owner(app, hub, ident)
+    if not found:
+        # Its pending row may still be in a producer's write batch: give it one flush interval.
+        await asyncio.sleep(min(1.0, app[CONFIG].flush_interval * 2 + 0.05))
+        found, owner = await _task_owner(app, hub, ident)
+    if not found:
+        raise Refused("not_found", f"no task {ident[:80]!r}", topic=topic)
+    if owner != conn.user_id:
+        raise Refused("forbidden", "this task belongs to another user", topic=topic)
+
+
+async def _authorize_group(app: web.Application, hub: Hub, conn: Conn, group_id: str) -> None:
+    """Learn the group's tasks (for routing) and check the user owns one of them."""
+    recent = hub.recent_group_members(group_id)
+    rows = await fetch_all(app, queries.tasks(queries.TaskFilters(group_id=group_id),
+                                              limit=hub.settings.group_snapshot_limit))
+    members = [(r._mapping["task_id"], r._mapping["user_id"]) for r in rows] + recent
+    if not conn.admin and not any(uid == conn.user_id for _, uid in members):
+        raise Refused("forbidden", "this group holds none of your tasks", topic="group:" + group_id)
+    hub.add_group_members(group_id, (tid for tid, _ in members))
+
+
+async def _snapshot(app: web.Application, conn: Conn, topic: str) -> list[dict[str, Any]]:
+    """Current state of the topic's tasks from PostgreSQL, bounded."""
+    settings = app[FEED_SETTINGS]
+    kind, _, ident = topic.partition(":")
+    if kind == "task":
+        rows = await fetch_all(app, queries.task_by_id(ident))
+        return [task_record(r).to_dict() for r in rows]
+    if kind == "group":
+        filters = queries.TaskFilters(group_id=ident, user_id=None if conn.admin else conn.user_id)
+        rows = await fetch_all(app, queries.tasks(filters, limit=settings.group_snapshot_limit))
+        return [task_record(r).to_dict() for r in rows[:settings.group_snapshot_limit]]
+    user = ident if kind == "user" else None
+    limit = settings.snapshot_limit
+    # Active tasks first (however old), then the most recent others.
+    active = await fetch_all(app, queries.tasks(queries.TaskFilters(user_id=user, status=_UNFINISHED),
+                                                limit=limit))
+    recent = await fetch_all(app, queries.tasks(queries.TaskFilters(user_id=user), limit=limit))
+    out: dict[str, dict[str, Any]] = {}
+    for row in [*active[:limit], *recent[:limit]]:
+        if len(out) >= limit:
+            break
+        record = task_record(row)
+        out.setdefault(record.task_id, record.to_dict())
+    return list(out.values())
+
+
+# -- control ----------------------------------------------------------------------------------------------
+async def _control(app: web.Application, hub: Hub, conn: Conn, op: str, msg: dict[str, Any]) -> None:
+    task_id = msg.get("task_id")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > _MAX_IDENT:
+        raise Refused("bad_request", "'task_id' must be a non-empty string", op=op)
+    row = await fetch_one(app, queries.task_by_id(task_id))
+    if row is None:
+        raise Refused("not_found", f"no task {task_id[:80]!r}", op=op, task_id=task_id)
+    task = task_record(row)
+    if not conn.admin and task.user_id != conn.user_id:
+        raise Refused("forbidden", "this task belongs to another user", op=op, task_id=task_id)
+    plan = await control.apply_async(app[REDIS], app[CONFIG].prefix, task, op, reporter=app[REPORTER],
+                                     celery_app=app[CELERY_APP])
+    if not plan.allowed:
+        raise Refused("conflict", plan.reason, op=op, task_id=task_id)
+    hub.send(conn, frames.ack(op, task_id=task_id))
+
+
+# -- the JavaScript client ---------------------------------------------------------------------------------
+async def client_js(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(_CLIENT_JS, headers={"Content-Type": "application/javascript; charset=utf-8",
+                                                 "Cache-Control": "no-cache"})
+
+
+# -- lifecycle ---------------------------------------------------------------------------------------------
+async def _feed_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    settings = app[FEED_SETTINGS]
+    hub = app[HUB] = Hub(settings)
+    reader = app[STREAM_READER] = StreamReader(config.require_redis(), config.prefix + ":events", hub,
+                                               block_ms=settings.block_ms, count=settings.read_count)
+    await reader.start()
+    tasks = [asyncio.create_task(reader.run(), name="feed-reader"),
+             asyncio.create_task(hub.run_backlog(), name="feed-backlog")]
+    yield
+    reader.stop()
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=2)
+    await reader.aclose()  # also breaks a read that ignored the cancellation
+    if pending:
+        await asyncio.wait(pending, timeout=2)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    hub = app.get(HUB)
+    if hub is not None:
+        await hub.shutdown(1001, timeout=min(5.0, hub.settings.close_grace))
 
 
 def setup(app: web.Application) -> None:
-    return None
+    if FEED_SETTINGS not in app:
+        app[FEED_SETTINGS] = FeedSettings()
+    app.router.add_get(WS_PATH, ws_handler)
+    app.router.add_get(CLIENT_JS_PATH, client_js)
+    app.cleanup_ctx.append(_feed_ctx)
+    app.on_shutdown.append(_on_shutdown)

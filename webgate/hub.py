@@ -1,0 +1,388 @@
+"""Subscriptions and fan-out of the WebSocket feed.
+
+One :class:`Hub` per gateway holds every connection and the topics it subscribed to. The
+stream reader hands it each batch of events read from Redis; the hub serialises every event
+once, appends the same bytes to the pending list of every subscriber, and then writes each
+socket's frames of the batch with a single ``transport.write``. There is no queue or writer
+task per connection: the transport's own buffer is the queue while a client keeps up.
+
+A client that does not keep up (its transport buffer is above ``high_water``) gets its frames
+held in a small ordered dict where progress is coalesced to the latest per task; a sweeper
+writes them once the buffer drains below ``low_water``. Past ``max_queue`` held frames the
+socket is closed with 1013 (try again later) and the client resumes with ``since``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from tracker.events import Event
+from webgate import frames
+
+__all__ = ["FeedSettings", "Conn", "Hub", "Item", "id_key", "TOPIC_KINDS"]
+
+logger = logging.getLogger("webgate.feed")
+
+#: ``(coalescing key, frame bytes)``: the key is the task id of a progress event, else None.
+Item = tuple[str | None, bytes]
+
+TOPIC_KINDS = ("task", "user", "group")
+_STARTS = frozenset({"task.pending", "task.started"})
+_unique = itertools.count()
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """Tuning of the feed (defaults suit production; tests shrink some)."""
+
+    #: Frames held for a client that is not keeping up before it is closed with 1013.
+    max_queue: int = 1000
+    #: Bytes in a socket's transport buffer above which frames are held (and progress coalesced).
+    high_water: int = 256 * 1024
+    #: Held frames are written again once the transport buffer is below this.
+    low_water: int = 64 * 1024
+    #: aiohttp ping interval (seconds); a client missing a pong for half of it is dropped.
+    heartbeat: float = 30.0
+    #: Largest client message; a bigger one closes the socket with 1009.
+    max_msg_size: int = 64 * 1024
+    max_topics: int = 256
+    #: Tasks in a ``user:``/``all`` snapshot (active ones first), and in a ``group:`` one.
+    snapshot_limit: int = 100
+    group_snapshot_limit: int = 500
+    #: Seconds a closed socket gets to read its close frame before the connection is aborted.
+    close_grace: float = 10.0
+    #: XREAD BLOCK milliseconds and COUNT.
+    block_ms: int = 1000
+    read_count: int = 1000
+    #: Recently started tasks remembered (owner, group) for authorisation and group routing.
+    known_tasks: int = 50_000
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a comparable pair; raises ValueError for anything else."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Conn:
+    """One WebSocket client: kept small, there may be tens of thousands."""
+
+    __slots__ = ("ws", "transport", "user_id", "admin", "topics", "pending", "held", "loading", "mark", "floor",
+                 "closed")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str, admin: bool) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.user_id = user_id
+        self.admin = admin
+        self.topics: set[str] = set()
+        #: Frames of the batch being routed.
+        self.pending: list[Item] | None = None
+        #: Backlog while the transport buffer is full (insertion-ordered; progress keyed by task).
+        self.held: dict[Any, bytes] | None = None
+        #: Live frames that arrive while a subscribe assembles its snapshot or replay.
+        self.loading: list[Item] | None = None
+        #: Sequence number of the last event routed here (one frame per event however many topics match).
+        self.mark = 0
+        #: Skip live events up to this stream id (a client resuming from a gateway that was ahead).
+        self.floor: tuple[int, int] | None = None
+        self.closed = False
+
+
+class Hub:
+    """Topic index, fan-out and backpressure; everything runs on the event loop."""
+
+    def __init__(self, settings: FeedSettings | None = None) -> None:
+        self.settings = settings or FeedSettings()
+        self.conns: set[Conn] = set()
+        self.topics: dict[str, set[Conn]] = {}
+        #: Id of the last stream entry routed; replays stop here, live routing starts after it.
+        self.last_id: str | None = None
+        self.backlogged: set[Conn] = set()
+        self._wake = asyncio.Event()
+        self._seq = 0
+        #: task id -> (user id, group id) of recently published/started tasks.
+        self.recent: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
+        #: task id -> group id, for the groups somebody subscribed to.
+        self.group_of: dict[str, str] = {}
+        self.group_members: dict[str, set[str]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        # Counters for /metrics and the benchmark.
+        self.events = 0
+        self.messages = 0
+        self.writes = 0
+        self.coalesced = 0
+        self.slow_closed = 0
+
+    # -- connections and subscriptions ---------------------------------------------------------
+    def connect(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str, admin: bool) -> Conn:
+        conn = Conn(ws, transport, user_id, admin)
+        self.conns.add(conn)
+        return conn
+
+    def disconnect(self, conn: Conn) -> None:
+        conn.closed = True
+        conn.held = conn.pending = conn.loading = None
+        self.backlogged.discard(conn)
+        for topic in list(conn.topics):
+            self.unsubscribe(conn, topic)
+        self.conns.discard(conn)
+
+    def subscribe(self, conn: Conn, topic: str) -> str | None:
+        """Route ``topic`` to ``conn`` from the next batch on; returns the last id routed so far."""
+        self.topics.setdefault(topic, set()).add(conn)
+        conn.topics.add(topic)
+        return self.last_id
+
+    def unsubscribe(self, conn: Conn, topic: str) -> None:
+        conn.topics.discard(topic)
+        subs = self.topics.get(topic)
+        if subs is None:
+            return
+        subs.discard(conn)
+        if not subs:
+            del self.topics[topic]
+            if topic.startswith("group:"):
+                for task_id in self.group_members.pop(topic[6:], ()):
+                    self.group_of.pop(task_id, None)
+
+    def add_group_members(self, group_id: str, task_ids: Iterable[str]) -> None:
+        members = self.group_members.setdefault(group_id, set())
+        for task_id in task_ids:
+            members.add(task_id)
+            self.group_of[task_id] = group_id
+
+    def recent_group_members(self, group_id: str) -> list[tuple[str, str | None]]:
+        """``(task id, user id)`` of remembered tasks of ``group_id`` (not yet in the database, maybe)."""
+        return [(tid, uid) for tid, (uid, gid) in self.recent.items() if gid == group_id]
+
+    # -- routing -------------------------------------------------------------------------------------
+    def _learn(self, ev: Event) -> None:
+        task_id = ev.task_id
+        if task_id is None or ev.type not in _STARTS:
+            return
+        group = ev.data.get("group_id")
+        group = group if isinstance(group, str) and group else None
+        recent = self.recent
+        recent[task_id] = (ev.user_id, group)
+        recent.move_to_end(task_id)
+        if len(recent) > self.settings.known_tasks:
+            recent.popitem(last=False)
+        if group is not None and group in self.group_members:
+            self.add_group_members(group, (task_id,))
+
+    def topics_of(self, ev: Event) -> list[tuple[str, bool]]:
+        """``(topic, owner_only)`` pairs an event is published on.
+
+        A notification belongs to its user: it goes to ``user:<id>`` and ``all`` only. A group
+        topic may be held by a non-admin owner: it only gets that user's events.
+        """
+        uid = ev.user_id
+        if ev.type == "notification":
+            return [("user:" + uid, False), ("all", False)] if uid else [("all", False)]
+        out: list[tuple[str, bool]] = [("all", False)]
+        tid = ev.task_id
+        if tid:
+            out.append(("task:" + tid, False))
+        if uid:
+            out.append(("user:" + uid, False))
+        if tid and self.group_of:
+            gid = self.group_of.get(tid)
+            if gid is None and ev.type in _STARTS:
+                g = ev.data.get("group_id")
+                gid = g if isinstance(g, str) and g in self.group_members else None
+            if gid is not None:
+                out.append(("group:" + gid, True))
+        return out
+
+    def matches(self, topic: str, ev: Event, conn: Conn) -> bool:
+        """Whether ``ev`` belongs on ``topic`` for ``conn`` (used by replays; same rules as routing)."""
+        if topic.startswith("group:") and ev.type in _STARTS and ev.data.get("group_id") == topic[6:]:
+            self.add_group_members(topic[6:], (ev.task_id,) if ev.task_id else ())
+        for t, owner_only in self.topics_of(ev):
+            if t == topic:
+                return not owner_only or conn.admin or ev.user_id == conn.user_id
+        return False
+
+    @staticmethod
+    def item(ev: Event) -> Item:
+        return (ev.task_id if ev.type == "task.progress" else None), frames.encode(ev.to_frame())
+
+    def route(self, events: list[Event]) -> None:
+        """Fan a batch of stream events out: one write per subscribed socket."""
+        dirty: list[Conn] = []
+        topics = self.topics
+        for ev in events:
+            self.events += 1
+            self._learn(ev)
+            if not topics:
+                continue
+            self._seq += 1
+            seq = self._seq
+            item: Item | None = None
+            ev_key: tuple[int, int] | None = None
+            for topic, owner_only in self.topics_of(ev):
+                subs = topics.get(topic)
+                if not subs:
+                    continue
+                for conn in subs:
+                    if conn.mark == seq:
+                        continue
+                    if owner_only and not conn.admin and conn.user_id != ev.user_id:
+                        continue
+                    if conn.floor is not None:
+                        if ev_key is None:
+                            ev_key = id_key(ev.id or "0")
+                        if ev_key <= conn.floor:
+                            continue
+                        conn.floor = None
+                    conn.mark = seq
+                    if item is None:
+                        item = self.item(ev)
+                    if conn.pending is None:
+                        conn.pending = [item]
+                        dirty.append(conn)
+                    else:
+                        conn.pending.append(item)
+        for conn in dirty:
+            items = conn.pending
+            conn.pending = None
+            if items is None or conn.closed:
+                continue
+            if conn.loading is not None:
+                conn.loading.extend(items)
+                if len(conn.loading) > self.settings.max_queue:
+                    self.close(conn, 1013, "too slow: reconnect and resume with since")
+            else:
+                self.deliver(conn, items)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def send(self, conn: Conn, frame: bytes) -> None:
+        """A reply of the server (pong, error, ack, snapshot), in order with the events."""
+        self.deliver(conn, [(None, frame)])
+
+    def deliver(self, conn: Conn, items: list[Item], coalesce: bool = True) -> None:
+        """Write ``items`` now, or hold them while the client is behind."""
+        if conn.closed or not items:
+            return
+        transport = conn.transport
+        if transport.is_closing():
+            conn.closed = True
+            return
+        if conn.held is not None or transport.get_write_buffer_size() > self.settings.high_water:
+            self._hold(conn, items, coalesce)
+            return
+        data = items[0][1] if len(items) == 1 else b"".join([frame for _, frame in items])
+        transport.write(data)
+        self.messages += len(items)
+        self.writes += 1
+
+    def _hold(self, conn: Conn, items: list[Item], coalesce: bool) -> None:
+        held = conn.held
+        if held is None:
+            held = conn.held = {}
+        for key, frame in items:
+            if key is not None and coalesce:
+                if held.pop(key, None) is not None:
+                    self.coalesced += 1
+                held[key] = frame
+            else:
+                held[next(_unique)] = frame
+        if len(held) > self.settings.max_queue:
+            self.close(conn, 1013, "too slow: reconnect and resume with since")
+            return
+        if conn not in self.backlogged:
+            self.backlogged.add(conn)
+            self._wake.set()
+
+    def begin_loading(self, conn: Conn) -> None:
+        if conn.loading is None:
+            conn.loading = []
+
+    def end_loading(self, conn: Conn) -> None:
+        items = conn.loading
+        conn.loading = None
+        if items:
+            self.deliver(conn, items)
+
+    def behind(self, conn: Conn) -> bool:
+        return conn.held is not None or conn.transport.get_write_buffer_size() > self.settings.high_water
+
+    async def drained(self, conn: Conn, timeout: float) -> bool:
+        """Wait until ``conn`` has caught up (for long replays); False if it did not in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not conn.closed and self.behind(conn):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return not conn.closed
+
+    async def run_backlog(self) -> None:
+        """Write held frames of clients that caught up (the only polling, and only while some are behind)."""
+        low = self.settings.low_water
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.backlogged:
+                await asyncio.sleep(0.01)
+                for conn in list(self.backlogged):
+                    if conn.closed or conn.held is None:
+                        self.backlogged.discard(conn)
+                        continue
+                    transport = conn.transport
+                    if transport.is_closing():
+                        conn.closed = True
+                        self.backlogged.discard(conn)
+                        continue
+                    if transport.get_write_buffer_size() <= low:
+                        held = conn.held
+                        conn.held = None
+                        self.backlogged.discard(conn)
+                        transport.write(b"".join(held.values()))
+                        self.messages += len(held)
+                        self.writes += 1
+
+    # -- closing -------------------------------------------------------------------------------------
+    def close(self, conn: Conn, code: int, message: str = "") -> None:
+        """Stop routing to ``conn`` and close it with ``code`` (in the background)."""
+        if conn.closed and conn not in self.conns:
+            return
+        if code == 1013:
+            self.slow_closed += 1
+            logger.info("feed: closing a slow client of user %s (1013)", conn.user_id)
+        self.disconnect(conn)
+        task = asyncio.ensure_future(self._close(conn, code, message))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, conn: Conn, code: int, message: str) -> None:
+        loop = asyncio.get_running_loop()
+        # A client that never reads never answers the close: drop it after the grace period.
+        handle = loop.call_later(self.settings.close_grace, conn.transport.abort)
+        try:
+            await conn.ws.close(code=code, message=message.encode(), drain=False)
+        except Exception:  # the peer may already be gone
+            pass
+        if conn.transport.get_write_buffer_size() == 0:
+            handle.cancel()
+
+    async def shutdown(self, code: int = 1001, timeout: float = 5.0) -> None:
+        """Close every socket (1001 going away) and wait for the closes, bounded."""
+        for conn in list(self.conns):
+            self.close(conn, code, "server shutting down")
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return {"connections": len(self.conns), "topics": len(self.topics), "events": self.events,
+                "messages": self.messages, "writes": self.writes, "coalesced": self.coalesced,
+                "slow_closed": self.slow_closed, "backlogged": len(self.backlogged), "last_id": self.last_id}
