@@ -151,3 +151,13 @@ def build_late(self: TrackedTask, n: int) -> int:
         pass
     self.log.info("late ack task done")
     return n
+
+
+@app.task(name="tests.feed_steps", base=TrackedTask, bind=True)
+def feed_steps(self: TrackedTask, n: int, delay: float = 0.02) -> int:
+    """``n`` progress steps (for the live feed tests)."""
+    for i in range(1, n + 1):
+        time.sleep(delay)
+        self.progress(i * 100.0 / n, step=f"step {i}", step_index=i, total_steps=n)
+    self.log.info("feed steps done")
+    return n
