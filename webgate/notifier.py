@@ -129,9 +129,12 @@ class Notifier:
         self.group = f"{config.prefix}:notifier"
         self.due_key = nt.due_key(config.prefix)
         self.digests_key = nt.digests_key(config.prefix)
+        #: An entry another consumer has held this long unacknowledged is taken over (its gateway died).
         self.claim_idle = 30.0
+        self.claim_every = CLAIM_EVERY
         self._types = nt.triggers_of(self.rules)
         self._wake = asyncio.Event()
+        self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -155,9 +158,16 @@ class Notifier:
         }
         self._loops.append(asyncio.create_task(self._deliver_loop(), name="notifier-deliver"))
         if self.rules:
+            # The group exists before the gateway serves: every event from now on is notified.
+            try:
+                await self._ensure_group()
+            except Exception as exc:  # Redis away at start: the loop keeps trying
+                logger.warning("notifier: cannot create the consumer group yet (%s)", exc)
             self._loops.append(asyncio.create_task(self._consume_loop(), name="notifier-consume"))
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -192,13 +202,13 @@ class Notifier:
         own_pending = True  # entries handed to us but not acknowledged (after an error)
         next_claim = 0.0
         group_ready = False
-        while True:
+        while not self._stopping:
             try:
                 if not group_ready:
                     await self._ensure_group()
                     group_ready = True
                 if time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + CLAIM_EVERY
+                    next_claim = time.monotonic() + self.claim_every
                     await self._claim_stale()
                 start = "0" if own_pending else ">"
                 resp: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start}, count=100,
@@ -347,10 +357,15 @@ class Notifier:
     async def _deliver_loop(self) -> None:
         next_digest = next_reconcile = 0.0
         backoff = 0.0
-        while True:
+        while not self._stopping:
             try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives as the event is set, and the loop would never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), backoff or POLL_INTERVAL)
+                    async with asyncio.timeout(backoff or POLL_INTERVAL):
+                        await self._wake.wait()
+                if self._stopping:
+                    return
                 self._wake.clear()
                 now = time.time()
                 free = MAX_INFLIGHT - len(self._inflight)
@@ -412,7 +427,8 @@ class Notifier:
         permanent = False
         delay = 0.0
         try:
-            await asyncio.wait_for(self.channels[channel_name].send(record, targets), self.config.notify_timeout)
+            async with asyncio.timeout(self.config.notify_timeout):
+                await self.channels[channel_name].send(record, targets)
         except DeliveryError as exc:
             error, permanent = str(exc), exc.permanent
         except TimeoutError:
