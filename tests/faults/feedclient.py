@@ -1,0 +1,137 @@
+"""A resuming WebSocket feed client for the fault tests, and what the stream says it should get.
+
+:class:`FeedClient` subscribes to one topic with ``since``, records every ``event`` frame, and
+when its socket drops (gateway restart, 1013, Redis outage) reconnects and resubscribes with
+the id of the last event it saw, as the DESIGN tells a client to. :func:`expected_ids` reads
+the stream itself to say which events the client must have seen, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import redis as redis_lib
+
+__all__ = ["FeedClient", "expected_ids", "stream_tail", "matches"]
+
+STREAM = "tracker:events"
+
+
+def stream_tail(client: redis_lib.Redis, key: str = STREAM) -> str:
+    """The newest entry id of the stream ("0-0" when empty)."""
+    last = client.xrevrange(key, count=1)
+    return last[0][0].decode() if last else "0-0"
+
+
+def matches(topic: str, fields: dict[str, str]) -> bool:
+    """Whether a stream entry belongs to ``topic`` (``all``, ``user:<id>``, ``task:<id>``)."""
+    if topic == "all":
+        return True
+    kind, _, ident = topic.partition(":")
+    if kind == "user":
+        return fields.get("user_id") == ident
+    if kind == "task":
+        return fields.get("task_id") == ident
+    raise ValueError(f"topic {topic!r} not supported here")
+
+
+def expected_ids(client: redis_lib.Redis, topic: str, since: str, key: str = STREAM) -> list[str]:
+    """Ids of the stream entries after ``since`` that belong to ``topic``, in stream order."""
+    out: list[str] = []
+    start = f"({since}" if since != "0-0" else "-"
+    while True:
+        batch = client.xrange(key, min=start, count=5000)
+        if not batch:
+            return out
+        for entry_id, raw in batch:
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            if matches(topic, fields):
+                out.append(entry_id.decode())
+        start = f"({batch[-1][0].decode()}"
+
+
+@dataclass
+class FeedClient:
+    """One subscriber that resumes with ``since`` whenever its connection ends."""
+
+    ws_url: str
+    token: str
+    topic: str
+    since: str
+    #: Seconds between the socket closing and the reconnect attempt.
+    retry_delay: float = 0.2
+    ids: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    close_codes: list[int | None] = field(default_factory=list)
+    recovered: list[dict[str, Any]] = field(default_factory=list)
+    connects: int = 0
+    #: Do not read frames while set (a deliberately slow client).
+    stalled: asyncio.Event | None = None
+    _task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _ws: aiohttp.ClientWebSocketResponse | None = None
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def last_id(self) -> str:
+        return self.ids[-1] if self.ids else self.since
+
+    def start(self, session: aiohttp.ClientSession) -> FeedClient:
+        self._task = asyncio.create_task(self._run(session))
+        return self
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self, session: aiohttp.ClientSession) -> None:
+        while not self._stop.is_set():
+            try:
+                await self._session(session)
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                pass
+            if self._stop.is_set():
+                return
+            await asyncio.sleep(self.retry_delay)
+
+    async def _session(self, session: aiohttp.ClientSession) -> None:
+        async with session.ws_connect(self.ws_url, headers={"Authorization": f"Bearer {self.token}"},
+                                      heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_close=2)) as ws:
+            self._ws = ws
+            self.connects += 1
+            await ws.send_str(json.dumps({"op": "subscribe", "topic": self.topic, "since": self.last_id}))
+            while True:
+                if self.stalled is not None and self.stalled.is_set():
+                    await asyncio.sleep(0.05)
+                    continue
+                msg = await ws.receive()
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    self._frame(json.loads(msg.data))
+                elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+                                  aiohttp.WSMsgType.ERROR):
+                    self.close_codes.append(ws.close_code)
+                    return
+
+    def _frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "event":
+            self.ids.append(frame["id"])
+        elif kind == "recovered":
+            self.recovered.append(frame)
+            self.subscribed.set()
+        elif kind == "error":
+            self.errors.append(frame)
+
+    def duplicates(self) -> int:
+        return len(self.ids) - len(set(self.ids))
