@@ -98,6 +98,12 @@ def gateway(ctx: click.Context, host: str, port: int, no_migrate: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = celery_app_from_ctx(ctx)
     config = TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env()
+    from webgate.notifier import check_config
+
+    try:
+        check_config(config)
+    except ValueError as exc:
+        raise click.ClickException(f"notification settings: {exc}") from None
     if not no_migrate:
         upgrade(config.require_database())
     run_gateway(config, host, port, celery_app=app)

@@ -54,7 +54,7 @@ from webgate.channels import (
 from webgate.keys import CONFIG, ENGINE, GATEWAY_ID, REDIS
 
 __all__ = [
-    "Notifier", "NOTIFIER", "setup", "list_notifications", "get_notification", "set_read",
+    "Notifier", "NOTIFIER", "setup", "check_config", "list_notifications", "get_notification", "set_read",
     "delete_notification", "notification_stats", "create_notifications",
 ]
 
@@ -496,10 +496,8 @@ class Notifier:
 NOTIFIER = web.AppKey("tracker_notifier", Notifier)
 
 
-def setup(app: web.Application) -> None:
-    """Validate the rules and channel settings now (a bad config stops the gateway with a clear
-    error) and run the notifier for the app's lifetime."""
-    config = app[CONFIG]
+def check_config(config: TrackerConfig) -> tuple[list[nt.Rule], EmailSettings | None]:
+    """Validate the notification rules and channel settings; ValueError says what is wrong."""
     rules = nt.parse_rules(config.notifications)
     email = EmailSettings.parse(config.email)
     check_channel_settings(rules, config, email)
@@ -511,6 +509,14 @@ def setup(app: web.Application) -> None:
                          "tracker_notify_retry_base >= 0")
     if config.notify_digest_window < 0:
         raise ValueError("tracker_notify_digest_window must not be negative (0 turns digests off)")
+    return rules, email
+
+
+def setup(app: web.Application) -> None:
+    """Validate the rules and channel settings now (a bad config stops the gateway with a clear
+    error) and run the notifier for the app's lifetime."""
+    config = app[CONFIG]
+    rules, email = check_config(config)
 
     async def run(app: web.Application) -> AsyncIterator[None]:
         notifier = Notifier(config, app[ENGINE], app[REDIS], app[GATEWAY_ID], rules, email)
