@@ -183,6 +183,10 @@ async def _subscribe(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, 
         hub.end_loading(conn)
 
 
+def _flush_wait(app: web.Application) -> float:
+    return min(1.0, app[CONFIG].flush_interval * 2 + 0.05)
+
+
 async def _task_owner(app: web.Application, hub: Hub, task_id: str) -> tuple[bool, str | None]:
     known = hub.recent.get(task_id)
     if known is not None:
@@ -209,7 +213,7 @@ async def _authorize(app: web.Application, hub: Hub, conn: Conn, topic: str) -> 
     found, owner = await _task_owner(app, hub, ident)
     if not found:
         # Its pending row may still be in a producer's write batch: give it one flush interval.
-        await asyncio.sleep(min(1.0, app[CONFIG].flush_interval * 2 + 0.05))
+        await asyncio.sleep(_flush_wait(app))
         found, owner = await _task_owner(app, hub, ident)
     if not found:
         raise Refused("not_found", f"no task {ident[:80]!r}", topic=topic)
@@ -260,6 +264,10 @@ async def _control(app: web.Application, hub: Hub, conn: Conn, op: str, msg: dic
     if not isinstance(task_id, str) or not task_id or len(task_id) > _MAX_IDENT:
         raise Refused("bad_request", "'task_id' must be a non-empty string", op=op)
     row = await fetch_one(app, queries.task_by_id(task_id))
+    if row is None and task_id in hub.recent:
+        # Known from the stream but not stored yet: its row is in a write batch.
+        await asyncio.sleep(_flush_wait(app))
+        row = await fetch_one(app, queries.task_by_id(task_id))
     if row is None:
         raise Refused("not_found", f"no task {task_id[:80]!r}", op=op, task_id=task_id)
     task = task_record(row)
@@ -306,7 +314,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def setup(app: web.Application) -> None:
     if FEED_SETTINGS not in app:
-        app[FEED_SETTINGS] = FeedSettings()
+        app[FEED_SETTINGS] = FeedSettings.from_env()
     app.router.add_get(WS_PATH, ws_handler)
     app.router.add_get(CLIENT_JS_PATH, client_js)
     app.cleanup_ctx.append(_feed_ctx)

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import socket
 from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from aiohttp import web
@@ -64,6 +66,25 @@ class FeedSettings:
     read_count: int = 1000
     #: Recently started tasks remembered (owner, group) for authorisation and group routing.
     known_tasks: int = 50_000
+    #: SO_SNDBUF of each WebSocket (0: the kernel's autotuning, up to several MiB per socket). A cap
+    #: bounds kernel memory per connection and lets backpressure show at the bound above.
+    send_buffer: int = 256 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FeedSettings:
+        """Defaults overridden by ``TRACKER_FEED_<FIELD>`` variables (e.g. ``TRACKER_FEED_MAX_QUEUE``)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("TRACKER_FEED_" + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls, f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"TRACKER_FEED_{f.name.upper()} must be a {kind.__name__}, got {raw!r}") from None
+        return cls(**values)
 
 
 def id_key(entry_id: str) -> tuple[int, int]:
@@ -124,6 +145,13 @@ class Hub:
 
     # -- connections and subscriptions ---------------------------------------------------------
     def connect(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str, admin: bool) -> Conn:
+        if self.settings.send_buffer > 0:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.send_buffer)
+                except OSError:
+                    pass
         conn = Conn(ws, transport, user_id, admin)
         self.conns.add(conn)
         return conn

@@ -85,6 +85,10 @@ class Publisher:
         entry = self.client.xadd(self.key, fields, maxlen=maxlen, approximate=False)  # type: ignore[arg-type]
         return entry.decode() if isinstance(entry, bytes) else str(entry)
 
+    def queue(self, pipe: Any, type: str, task_id: str | None, user_id: str | None, data: dict[str, Any]) -> None:
+        """Add an XADD to ``pipe`` (for bursts)."""
+        pipe.xadd(self.key, encode(Event(type, task_id, user_id, time.time(), data)))
+
     def progress(self, task_id: str, user_id: str | None, pct: float) -> str:
         return self.publish("task.progress", task_id, user_id, {"progress": pct, "current_step": "s"})
 
