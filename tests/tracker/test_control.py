@@ -217,3 +217,29 @@ def test_cli_cancel_terminate_kills_a_task_that_never_checks(tracked_app: Any, w
     rec = final(tracker, res.id, timeout=20)
     assert rec.status == "cancelled"
     assert rec.error_type == "terminated"
+
+
+async def test_async_apply_writes_the_same_flags(tracker_env: dict[str, str], tracker: Any, rdb: Any) -> None:
+    """The gateway's path (REST, WebSocket op): asyncio Redis, same keys as the Python API."""
+    import redis.asyncio as aioredis
+
+    from tracker.control import apply_async
+
+    tid = tracker.create_task(task_type="report", status="running")
+    tracker.flush()
+    record = tracker.get(tid)
+    client = aioredis.Redis.from_url(tracker_env["TRACKER_REDIS_URL"])
+    try:
+        assert (await apply_async(client, "tracker", record, "pause")).allowed
+        assert rdb.get(f"tracker:control:{tid}") == b"pause" and rdb.zscore(index_key("tracker"), tid)
+        assert 0 < rdb.ttl(f"tracker:control:{tid}") <= 7 * 86400  # a flag never outlives its use for long
+        assert (await apply_async(client, "tracker", record, "resume")).allowed
+        assert flag_gone(rdb, tid)
+        assert (await apply_async(client, "tracker", record, "cancel")).allowed
+        assert rdb.get(f"tracker:control:{tid}") == b"cancel"
+    finally:
+        await client.aclose()
+        rdb.delete(f"tracker:control:{tid}")
+        rdb.zrem(index_key("tracker"), tid)
+    tracker.complete(tid)
+    tracker.flush()

@@ -122,9 +122,20 @@ def test_sigkill_of_whole_worker_marks_task_lost_and_spares_living_one(
     assert len(failed) == 1
     assert failed[0]["error_type"] == "worker-lost" and failed[0]["status"] == "failed"
 
-    # The living slow task was never touched and finishes normally.
+    # The living slow task was never touched; paused for longer than the window, it still
+    # heartbeats and is not taken for lost either.
     assert tracker.get(live.id).status == "running"
-    done = wait_for(lambda: (t := tracker.get(live.id)).status != "running" and t, timeout=30, what="live done")
+    assert tracker.pause(live.id)
+    wait_for(lambda: tracker.get(live.id).status == "paused", what="paused")
+    pause_end = time.monotonic() + config.worker_lost_after + 1.5
+    while time.monotonic() < pause_end:
+        assert live.id not in [r["task_id"] for r in health.sweep(tracker.engine, config, redis=rdb,
+                                                                   reporter=sweeper).lost]
+        time.sleep(0.5)
+    assert tracker.get(live.id).status == "paused"
+    assert tracker.resume(live.id)
+    done = wait_for(lambda: (t := tracker.get(live.id)).status in ("completed", "failed", "cancelled") and t,
+                    timeout=30, what="live task finished")
     assert done.status == "completed" and done.error_type is None
     health.sweep(tracker.engine, config, redis=rdb, reporter=sweeper)
     assert tracker.get(dead.id).status == "failed" and tracker.get(live.id).status == "completed"
