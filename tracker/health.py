@@ -195,14 +195,24 @@ def sweep(engine: Engine, config: TrackerConfig, *, redis: Any = None, reporter:
     """One pass with a synchronous engine (and Redis client for the flag clean-up)."""
     lost_stmt = lost_statement(config.worker_lost_after)
     stalled_stmt = stalled_statement(config.stall_after)
-    candidates = _flag_candidates_sync(redis, config.prefix) if redis is not None else []
+    candidates: list[str] = []
+    if redis is not None:
+        try:
+            candidates = _flag_candidates_sync(redis, config.prefix)
+        except Exception as exc:  # Redis away: lost and stalled tasks are still handled
+            logger.warning("health sweep: cannot read control flags (%s)", exc)
     with engine.begin() as conn:
         if not conn.execute(lock_statement()).scalar():
             return SweepResult(skipped=True)
         lost = _rows(conn.execute(lost_stmt))
         stalled = _rows(conn.execute(stalled_stmt))
         ended = ended_flags(conn.execute(flag_status_statement(candidates))) if candidates else []
-    cleared = _clear_flags_sync(redis, config.prefix, ended) if ended else 0
+    cleared = 0
+    if ended:
+        try:
+            cleared = _clear_flags_sync(redis, config.prefix, ended)
+        except Exception as exc:
+            logger.warning("health sweep: cannot delete control flags (%s)", exc)
     result = SweepResult(lost, stalled, cleared)
     publish(reporter, result)
     _log(result)
@@ -234,14 +244,24 @@ async def sweep_async(engine: AsyncEngine, config: TrackerConfig, *, redis: Any 
     """One pass with an asyncio engine and Redis client; the same statements as :func:`sweep`."""
     lost_stmt = lost_statement(config.worker_lost_after)
     stalled_stmt = stalled_statement(config.stall_after)
-    candidates = await _flag_candidates_async(redis, config.prefix) if redis is not None else []
+    candidates: list[str] = []
+    if redis is not None:
+        try:
+            candidates = await _flag_candidates_async(redis, config.prefix)
+        except Exception as exc:  # Redis away: lost and stalled tasks are still handled
+            logger.warning("health sweep: cannot read control flags (%s)", exc)
     async with engine.begin() as conn:
         if not (await conn.execute(lock_statement())).scalar():
             return SweepResult(skipped=True)
         lost = _rows(await conn.execute(lost_stmt))
         stalled = _rows(await conn.execute(stalled_stmt))
         ended = ended_flags(await conn.execute(flag_status_statement(candidates))) if candidates else []
-    cleared = await _clear_flags_async(redis, config.prefix, ended) if ended else 0
+    cleared = 0
+    if ended:
+        try:
+            cleared = await _clear_flags_async(redis, config.prefix, ended)
+        except Exception as exc:
+            logger.warning("health sweep: cannot delete control flags (%s)", exc)
     result = SweepResult(lost, stalled, cleared)
     publish(reporter, result)  # appends to the bus's buffer: no I/O on the event loop
     _log(result)

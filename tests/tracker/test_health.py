@@ -307,3 +307,19 @@ async def test_gateways_sweep_continuously_and_report_once(tracker_env: dict[str
             await runner.cleanup()
     failed_events = [t for t, _ in events_of(rdb, lost, since) if t == "task.failed"]
     assert failed_events == ["task.failed"]  # once, not once per gateway or per pass
+
+
+def test_sweep_without_redis_still_marks_lost_tasks(tracker_env: dict[str, str], tracker: Any, sql: Any) -> None:
+    import redis as redis_lib
+
+    from tracker.services import free_port
+
+    config = replace(TrackerConfig.from_env(), worker_lost_after=5.0, stall_after=3600.0)
+    lost = fake_task(sql, heartbeat_age=60)
+    nowhere = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    try:
+        result = health.sweep(tracker.engine, config, redis=nowhere)
+    finally:
+        nowhere.close()
+    assert lost in [r["task_id"] for r in result.lost]
+    assert row(sql, lost)["status"] == "failed"
