@@ -67,7 +67,11 @@ async def _retention_loop(app: web.Application) -> None:
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:
-    task.cancel()
+    # A client library may swallow one cancellation (seen while a pass was in flight):
+    # cancel again until the task has really ended.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
 
