@@ -106,6 +106,8 @@ DIGEST_GRACE = 1.0
 CLAIM_EVERY = 5.0
 MAX_INFLIGHT = 64
 RECONCILE_EVERY = 30.0
+#: Pauses while waiting for a task row that has not been written yet (about 2 s in all).
+ROW_WAITS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 _TRANSIENT = (OSError, aioredis.ConnectionError, aioredis.TimeoutError, OperationalError, DBAPIError)
 
 
@@ -287,18 +289,28 @@ class Notifier:
                 candidates.append((rule, trigger))
         if not candidates:
             return
-        row = None
-        if event.task_id:
-            found = await self._fetch_one(q.task_by_id(event.task_id))
-            row = dict(found._mapping) if found is not None else None
+        filtered = any(rule.task_types or rule.tags or rule.users for rule, _ in candidates)
+        row = await self._task_row(event.task_id, wait=filtered) if event.task_id else None
         ctx = nt.task_context(event, row, self.config.public_url)
         for rule, trigger in candidates:
             if rule.applies(ctx):
                 n = rule.build(trigger, ctx, nt.dedup_key(rule, trigger, event), event)
                 if not await self._suppressed(rule, trigger, n, event.ts or time.time()):
                     await self.store([n])
-            if trigger.threshold is not None:
+            if trigger.threshold is not None and row is not None:
                 self._decide(rule, trigger, event.task_id)
+
+    async def _task_row(self, task_id: str, wait: bool) -> dict[str, Any] | None:
+        """The stored task. Workers write their rows in batches, so an event can arrive before its
+        task's first row: when a rule filters on the task, wait a little for it (bounded)."""
+        delays = ROW_WAITS if wait else ()
+        for delay in (0.0, *delays):
+            if delay:
+                await asyncio.sleep(delay)
+            found = await self._fetch_one(q.task_by_id(task_id))
+            if found is not None:
+                return dict(found._mapping)
+        return None
 
     def _is_decided(self, rule: nt.Rule, trigger: nt.Trigger, task_id: str | None) -> bool:
         return (rule.id, task_id or "", trigger.label) in self._decided

@@ -189,13 +189,16 @@ def prefixed_worker(tracker_env: dict[str, str], tmp_path: Path) -> Iterator[tup
 def test_failed_tasks_notify_every_channel_exactly_once_across_two_gateways(
         prefixed_worker, gateway_process, tracked_app, smtp, receivers, tracker, rdb):
     from signals import tracking_context
-    from tests.apps.tasks import fail
+    from tests.apps.tasks import build, fail, retry_once
 
     worker, prefix = prefixed_worker
     slack, hook = receivers(), receivers()
     user = f"u-{uuid.uuid4().hex[:6]}"
     rules = [{"id": "failures", "on": ["failed"], "channels": ["websocket", "email", "slack", "webhook"],
               "priority": "high", "task_types": ["tests.fail"]},
+             {"id": "retries", "on": ["retry"], "task_types": ["tests.retry_once"], "priority": "low"},
+             {"id": "halfway", "on": ["progress>=50"], "task_types": ["tests.build"],
+              "title": "{task_type} is {threshold}% done", "message": "step: {current_step}"},
              {"id": "unrelated", "on": ["completed"], "task_types": ["tests.nothing-like-this"]}]
     env = {"TRACKER_PREFIX": prefix, "TRACKER_NOTIFICATIONS": json.dumps(rules),
            "TRACKER_EMAIL": json.dumps({**smtp.settings(), "recipients": {user: ["owner@example.com"]}}),
@@ -206,6 +209,8 @@ def test_failed_tasks_notify_every_channel_exactly_once_across_two_gateways(
 
     with tracking_context(user_id=user):
         results = [fail.apply_async((f"boom-{i}",), queue=worker.queue) for i in range(3)]
+        retried = retry_once.apply_async(queue=worker.queue)
+        built = build.apply_async((20, 0.01), queue=worker.queue)
     task_ids = {r.id for r in results}
 
     wait_for(lambda: len(smtp.messages) >= 3 and len(slack.requests) >= 3 and len(hook.requests) >= 3,
@@ -214,7 +219,17 @@ def test_failed_tasks_notify_every_channel_exactly_once_across_two_gateways(
     time.sleep(1.5)
     assert all(gp.proc is not None and gp.proc.poll() is None for gp in gateways)
 
-    stored = tracker.notifications(user_id=user)
+    # A retry and a task crossing 50% notify once each (websocket only, by their rules).
+    def other_notifications() -> list[Any]:
+        return [n for n in tracker.notifications(user_id=user) if n.task_id not in task_ids]
+
+    others = wait_for(lambda: len(other_notifications()) >= 2 and other_notifications(), timeout=20,
+                      what=f"retry and progress notifications (have {tracker.notifications(user_id=user)})")
+    assert sorted((n.task_id, n.title) for n in others) == sorted([
+        (retried.id, "Task tests.retry_once is being retried (retry 1)"),
+        (built.id, "tests.build is 50% done")])
+    assert all(n.channels == ["websocket"] for n in others)
+    stored = [n for n in tracker.notifications(user_id=user) if n.task_id in task_ids]
     assert len(stored) == 3
     assert {n.task_id for n in stored} == task_ids
     for n in stored:
@@ -266,7 +281,7 @@ def test_failed_tasks_notify_every_channel_exactly_once_across_two_gateways(
 
     # In-app: one `notification` event per notification on the stream, for the user's feed.
     pushed = stream_notifications(rdb, prefix)
-    assert sorted(json.loads(p["data"])["id"] for p in pushed) == sorted(n.id for n in stored)
+    assert sorted(json.loads(p["data"])["id"] for p in pushed) == sorted(n.id for n in stored + others)
     assert {p["user_id"] for p in pushed} == {user}
 
     # Every event was acknowledged by the group.
