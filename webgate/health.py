@@ -34,6 +34,13 @@ PURGER = web.AppKey("tracker_purger", asyncio.Task)
 LAST_SWEEP = web.AppKey("tracker_last_sweep", dict)
 
 
+def _stop_if_cancelled(exc: Exception) -> None:
+    """A driver may turn a cancellation into its own error: stop anyway when we are being cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 async def _sweep_loop(app: web.Application) -> None:
     config = app[CONFIG]
     interval = health.sweep_interval(config)
@@ -44,6 +51,7 @@ async def _sweep_loop(app: web.Application) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            _stop_if_cancelled(exc)
             # PostgreSQL or Redis away: the next pass catches up.
             app[LAST_SWEEP].update(at=time.time(), error=str(exc))
             logger.warning("health sweep failed: %s", exc)
@@ -62,6 +70,7 @@ async def _retention_loop(app: web.Application) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            _stop_if_cancelled(exc)
             logger.warning("retention pass failed: %s", exc)
         await asyncio.sleep(RETENTION_INTERVAL)
 
