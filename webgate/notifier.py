@@ -492,7 +492,8 @@ class Notifier:
     async def _reconcile(self) -> None:
         """Queue deliveries whose Redis entry was lost (stored, then a crash or a Redis restart)."""
         now = time.time()
-        stmt = q.undelivered_notifications(datetime.fromtimestamp(now - 86_400, UTC),
+        # Deliveries give up within minutes; six hours back is plenty and keeps the scan small.
+        stmt = q.undelivered_notifications(datetime.fromtimestamp(now - 6 * 3600, UTC),
                                            datetime.fromtimestamp(now - 15, UTC))
         async with self.engine.connect() as conn:
             rows = list(await conn.execute(stmt))
