@@ -170,6 +170,9 @@ async def _subscribe(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, 
                 if conn.closed:
                     return
                 hub.deliver(conn, items, coalesce=False)
+            if hub.behind(conn) and not await hub.drained(conn, hub.settings.close_grace):
+                hub.close(conn, 1013, "too slow: reconnect and resume with since")
+                return
             if id_key(since) > id_key(upto):
                 # The client saw events this gateway has not read yet: do not send them twice.
                 conn.floor = max(conn.floor or (0, 0), id_key(since))

@@ -47,6 +47,9 @@ class FeedSettings:
 
     #: Frames held for a client that is not keeping up before it is closed with 1013.
     max_queue: int = 1000
+    #: Live events kept for a client while its subscribe replays from ``since`` (they are shared
+    #: with every other subscriber: a few bytes each); past this the client is closed with 1013.
+    max_replay_backlog: int = 50_000
     #: Bytes in a socket's transport buffer above which frames are held (and progress coalesced).
     high_water: int = 256 * 1024
     #: Held frames are written again once the transport buffer is below this.
@@ -287,7 +290,7 @@ class Hub:
                 continue
             if conn.loading is not None:
                 conn.loading.extend(items)
-                if len(conn.loading) > self.settings.max_queue:
+                if len(conn.loading) > self.settings.max_replay_backlog:
                     self.close(conn, 1013, "too slow: reconnect and resume with since")
             else:
                 self.deliver(conn, items)
@@ -336,10 +339,19 @@ class Hub:
             conn.loading = []
 
     def end_loading(self, conn: Conn) -> None:
+        """Send what arrived during a snapshot or replay, right after it."""
         items = conn.loading
         conn.loading = None
-        if items:
-            self.deliver(conn, items)
+        if not items or conn.closed:
+            return
+        if conn.held is not None or conn.transport.is_closing():
+            self.deliver(conn, items)  # behind what is already held, in order
+            return
+        # Part of the catch-up like the replay itself: written whole (the bound above capped it), never
+        # coalesced.
+        conn.transport.write(b"".join([frame for _, frame in items]))
+        self.messages += len(items)
+        self.writes += 1
 
     def behind(self, conn: Conn) -> bool:
         return conn.held is not None or conn.transport.get_write_buffer_size() > self.settings.high_water

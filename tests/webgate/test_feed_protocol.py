@@ -13,7 +13,21 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import SECRET
 from tests.webgate.conftest import recv, recv_until, token_for, ws_connect
-from webgate.hub import FeedSettings
+from webgate.hub import FeedSettings, id_key
+
+
+async def wait_until(pred, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def caught_up(gw, entry_id: str) -> None:
+    """Wait until the gateway has read the stream up to ``entry_id`` (so a resume replays it rather than
+    sending it live after ``recovered``: both are correct, the tests check the exact sequence)."""
+    await wait_until(lambda: gw.hub.last_id is not None and id_key(gw.hub.last_id) >= id_key(entry_id),
+                     f"gateway read up to {entry_id}")
 
 
 def uid(tag: str = "u") -> str:
@@ -182,8 +196,8 @@ async def test_control_ops_need_ownership_and_reply_ack_or_error(feed_gateway, t
         assert frame["code"] == "conflict" and "completed" in frame["message"]
         await ws.send(json.dumps({"op": "cancel", "task_id": "t-" + other}))  # pending: cancelled at once
         assert (await recv(ws))["type"] == "ack"
-    tracker.flush()
-    assert tracker.get("t-" + other).status == "cancelled"
+    # Recorded by the gateway's own write path (batched): wait for it.
+    await wait_until(lambda: tracker.get("t-" + other).status == "cancelled", "the cancellation stored")
 
 
 # -- malformed input --------------------------------------------------------------------------------------
@@ -247,6 +261,7 @@ async def test_resume_with_since_gets_exactly_the_missed_events(feed_gateway, pu
     for i in range(30):
         missed.append(publisher.progress("t-" + me, me, float(10 + i)))
         publisher.progress("t-" + other, other, float(i))
+    await caught_up(gw, missed[-1])
     async with ws_connect(gw.url(me)) as ws:
         await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}", "since": last}))
         got = await recv_until(ws, lambda f: f["type"] == "recovered")
@@ -268,6 +283,7 @@ async def test_resume_from_before_what_the_stream_keeps_is_incomplete_with_snaps
     for i in range(10):
         publisher.progress("t-" + me, me, float(i))
     kept = [publisher.publish("task.progress", "t-" + me, me, {"progress": 50.0 + i}, maxlen=3) for i in range(3)]
+    await caught_up(gw, kept[-1])
     async with ws_connect(gw.url(me)) as ws:
         await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}", "since": old}))
         got = await recv_until(ws, lambda f: f["type"] == "recovered")
