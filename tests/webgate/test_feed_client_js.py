@@ -1,0 +1,80 @@
+"""``/static/tracker-client.js`` in a real Chromium: subscribe, control, reconnect and resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+
+from playwright.async_api import async_playwright
+
+from tests.webgate.conftest import token_for
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+PAGE = """<!doctype html><html><body>
+<script src="{base}/static/tracker-client.js"></script>
+<script>
+  window.log = {{events: [], snapshots: [], statuses: [], recovered: [], acks: [], errors: []}};
+  window.start = (url, token, topic) => {{
+    window.client = new TrackerClient(url, token, {{
+      minDelay: 100, maxDelay: 400,
+      onEvent: (f) => log.events.push(f),
+      onSnapshot: (f) => log.snapshots.push(f),
+      onRecovered: (f) => log.recovered.push(f),
+      onAck: (f) => log.acks.push(f),
+      onError: (f) => log.errors.push(f),
+      onStatus: (s, info) => log.statuses.push([s, info && info.code !== undefined ? info.code : null]),
+    }});
+    client.subscribe(topic);
+  }};
+</script></body></html>"""
+
+
+async def test_js_client_subscribes_controls_reconnects_and_resumes(feed_gateway, publisher, tracker, rdb, prefix):
+    gw = await feed_gateway()
+    me = f"js-{uuid.uuid4().hex[:8]}"
+    task = tracker.create_task("t-" + me, user_id=me, status="running")
+    tracker.flush()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.set_content(PAGE.format(base=gw.base))
+            # A token given as a function (as an app refreshing its tokens would).
+            await page.evaluate("([url, token, topic]) => start(url, () => Promise.resolve(token), topic)",
+                                [gw.ws_url, token_for(me), f"user:{me}"])
+            await page.wait_for_function("log.snapshots.length === 1", timeout=10_000)
+            snapshot = await page.evaluate("log.snapshots[0]")
+            assert snapshot["topic"] == f"user:{me}" and [t["task_id"] for t in snapshot["tasks"]] == [task]
+
+            first = [publisher.progress(task, me, float(i)) for i in range(3)]
+            await page.wait_for_function("log.events.length === 3", timeout=10_000)
+
+            await page.evaluate("(id) => client.pause(id)", task)
+            await page.wait_for_function("log.acks.length === 1", timeout=10_000)
+            assert await page.evaluate("log.acks[0]") == {"type": "ack", "op": "pause", "task_id": task}
+            assert rdb.get(f"{prefix}:control:{task}") == b"pause"
+
+            # The gateway goes away (1001), events happen meanwhile, a new gateway comes up on the port.
+            await gw.stop()
+            await page.wait_for_function("log.statuses.some(s => s[0] === 'reconnecting' && s[1] === 1001)",
+                                         timeout=10_000)
+            missed = [publisher.progress(task, me, float(10 + i)) for i in range(4)]
+            await gw.start()
+            await page.wait_for_function("log.recovered.length === 1", timeout=15_000)
+            live = publisher.progress(task, me, 99.0)
+            await page.wait_for_function(f"log.events.some(e => e.id === {json.dumps(live)})", timeout=10_000)
+
+            got = await page.evaluate("log.events.map(e => e.id)")
+            assert got == [*first, *missed, live]  # nothing missed, nothing twice
+            assert await page.evaluate("log.recovered[0]") == {"type": "recovered", "topic": f"user:{me}",
+                                                               "complete": True}
+            assert await page.evaluate("log.snapshots.length") == 1  # resumed, not re-snapshotted
+            assert await page.evaluate("client.lastEventId") == live
+            statuses = [s for s, _ in await page.evaluate("log.statuses")]
+            assert statuses[0] == "connecting" and statuses.count("open") == 2
+            assert await page.evaluate("log.errors") == []
+        finally:
+            await browser.close()
