@@ -33,8 +33,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[ENGINE] = create_async_engine(sqlalchemy_url(config.require_database()), pool_size=10, max_overflow=10,
                                       pool_pre_ping=True)
-    app[REDIS] = aioredis.Redis.from_url(config.require_redis(), socket_connect_timeout=3,
-                                         health_check_interval=10)
+    # A blocking pool: a burst of subscribes waits for a connection instead of failing with
+    # "Too many connections" (the plain pool raises as soon as all of them are in use).
+    pool = aioredis.BlockingConnectionPool.from_url(config.require_redis(), max_connections=100, timeout=10,
+                                                    socket_connect_timeout=3, health_check_interval=10)
+    app[REDIS] = aioredis.Redis(connection_pool=pool)
     recorder = Recorder(config.require_database(), flush_interval=config.flush_interval,
                         buffer_max=config.buffer_max, name="webgate-recorder")
     bus = EventBus(config.require_redis(), prefix=config.prefix, maxlen=config.stream_maxlen,
