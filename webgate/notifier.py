@@ -202,15 +202,15 @@ class Notifier:
     async def _consume_loop(self) -> None:
         backoff = 0.0
         own_pending = True  # entries handed to us but not acknowledged (after an error)
-        next_claim = 0.0
+        last_claim = -1e9
         group_ready = False
         while not self._stopping:
             try:
                 if not group_ready:
                     await self._ensure_group()
                     group_ready = True
-                if time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + self.claim_every
+                if time.monotonic() - last_claim >= self.claim_every:
+                    last_claim = time.monotonic()
                     await self._claim_stale()
                 start = "0" if own_pending else ">"
                 resp: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start}, count=100,
