@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,21 @@ from tracker.events import Event
 FAILED = Event("task.failed", "t-1", "u-1", 1000.0,
                {"status": "failed", "name": "proj.import", "error_type": "ValueError", "error_message": "bad row 7",
                 "started_at": 990.0, "finished_at": 1000.0}, id="1700000000000-0")
+
+
+def uid(role: str) -> str:
+    """A user id of this module's tests: their notifications are deleted when the module ends."""
+    return f"ntest-{role}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_test_notifications(database_url: str) -> Iterator[None]:
+    # Rows left pending here would otherwise be queued again by later gateways of the session.
+    yield
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM tracker_notifications WHERE user_id LIKE 'ntest-%'")
 
 
 def rules(*items: dict[str, Any]) -> list[nt.Rule]:
@@ -224,7 +240,7 @@ def _count(sql: Any, user: str) -> int:
 
 
 def test_notify_stores_and_queues_every_channel(iso_tracker, rdb):
-    user = f"u-{uuid.uuid4().hex[:6]}"
+    user = uid("u")
     rec = iso_tracker.notify(user, "Import finished", "42 rows", type="success", priority="high",
                              channels=["websocket", "email"], task_id="t-42", action_url="https://x/t-42",
                              metadata={"rows": 42})
@@ -239,7 +255,7 @@ def test_notify_stores_and_queues_every_channel(iso_tracker, rdb):
 
 
 def test_notify_many_is_all_or_nothing(iso_tracker, sql):
-    user = f"u-{uuid.uuid4().hex[:6]}"
+    user = uid("u")
     with pytest.raises(ValueError, match="priority must be one of"):
         iso_tracker.notify_many([{"user_id": user, "title": "ok"}, {"user_id": user, "title": "x",
                                                                      "priority": "asap"}])
@@ -261,7 +277,7 @@ def test_notify_many_is_all_or_nothing(iso_tracker, sql):
     ({"title": "t" * 501}, ValueError, "at most 500"),
 ])
 def test_notify_rejects_bad_input_and_stores_nothing(iso_tracker, sql, kwargs, exc, message):
-    user = f"u-{uuid.uuid4().hex[:6]}"
+    user = uid("u")
     with pytest.raises(exc, match=message):
         iso_tracker.notify(user, **kwargs)
     assert _count(sql, user) == 0
@@ -275,7 +291,7 @@ def test_unknown_field_in_notify_many(iso_tracker):
 
 
 def test_dedup_key_makes_notify_idempotent(iso_tracker, sql):
-    user = f"u-{uuid.uuid4().hex[:6]}"
+    user = uid("u")
     key = f"report-{uuid.uuid4().hex}"
     a = iso_tracker.notify(user, "Report ready", dedup_key=key)
     b = iso_tracker.notify(user, "Report ready (again)", dedup_key=key)
@@ -284,7 +300,7 @@ def test_dedup_key_makes_notify_idempotent(iso_tracker, sql):
 
 
 def test_read_unread_delete_and_user_scoping(iso_tracker):
-    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    alice, bob = uid("alice"), uid("bob")
     mine = iso_tracker.notify(alice, "for alice", priority="urgent")
     iso_tracker.notify(alice, "second for alice")
     theirs = iso_tracker.notify(bob, "for bob")
@@ -317,7 +333,7 @@ def test_read_unread_delete_and_user_scoping(iso_tracker):
 
 def test_notifications_are_queued_later_when_redis_is_down(tracker_env, sql):
     """Storing never depends on Redis: the rows stay pending for a gateway's sweep."""
-    user = f"u-{uuid.uuid4().hex[:6]}"
+    user = uid("u")
     from tracker.services import free_port
 
     cfg = replace(TrackerConfig.from_env(), redis_url=f"redis://127.0.0.1:{free_port()}/0")

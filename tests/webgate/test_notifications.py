@@ -136,6 +136,21 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
         r.stop()
 
 
+def uid(role: str) -> str:
+    """A user id of this module's tests: their notifications are deleted when the module ends."""
+    return f"ntest-{role}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_test_notifications(database_url: str) -> Iterator[None]:
+    # Rows left pending here would otherwise be queued again by later gateways of the session.
+    yield
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM tracker_notifications WHERE user_id LIKE 'ntest-%'")
+
+
 def new_prefix() -> str:
     """Each test gets its own stream and queues: no other gateway of the session touches them."""
     return f"tn-{uuid.uuid4().hex[:8]}"
@@ -198,7 +213,7 @@ def test_failed_tasks_notify_every_channel_exactly_once_across_two_gateways(
 
     worker, prefix = prefixed_worker
     slack, hook = receivers(), receivers()
-    user = f"u-{uuid.uuid4().hex[:6]}"
+    user = uid("u")
     rules = [{"id": "failures", "on": ["failed"], "channels": ["websocket", "email", "slack", "webhook"],
               "priority": "high", "task_types": ["tests.fail"]},
              {"id": "retries", "on": ["retry"], "task_types": ["tests.retry_once"], "priority": "low"},
@@ -325,10 +340,11 @@ async def test_a_down_channel_is_retried_with_backoff_while_others_deliver(track
     cfg = replace(TrackerConfig.from_env(), prefix=prefix, email=smtp.settings(), webhook_url=hook.url,
                   webhook_secret=SECRET, slack_webhook_url=slow_slack.url, notify_retry_base=0.3,
                   notify_max_attempts=3, notify_timeout=1.0)
+    user = uid("retry")
     t = Tracker(config=cfg)
     try:
         async with serve(cfg):
-            rec = t.notify("u-retry", "Nightly import failed", "disk full", type="error", priority="urgent",
+            rec = t.notify(user, "Nightly import failed", "disk full", type="error", priority="urgent",
                            channels=["websocket", "email", "slack", "webhook"], task_id="t-retry")
             await until(lambda: smtp.messages and delivery(t, rec.id, "email").get("status") == "sent",
                         what="the e-mail")
@@ -359,8 +375,8 @@ async def test_a_down_channel_is_retried_with_backoff_while_others_deliver(track
             assert len(smtp.messages) == 1
     finally:
         t.close()
-    rows = sql.execute("SELECT count(*) FROM tracker_notifications WHERE user_id = 'u-retry' AND id = %s",
-                       (rec.id,)).fetchone()
+    rows = sql.execute("SELECT count(*) FROM tracker_notifications WHERE user_id = %s AND id = %s",
+                       (user, rec.id)).fetchone()
     assert rows[0] == 1
 
 
@@ -416,7 +432,7 @@ async def test_a_burst_becomes_a_digest_and_users_are_rate_limited(tracker_env, 
               "digest": {"window": 2, "threshold": 2}}]
     cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=rules, webhook_url=hook.url,
                   webhook_secret=SECRET, notify_rate_limit=3, notify_digest_window=2)
-    burst_user, busy_user = f"burst-{uuid.uuid4().hex[:6]}", f"busy-{uuid.uuid4().hex[:6]}"
+    burst_user, busy_user = uid("burst"), uid("busy")
     t = Tracker(config=cfg)
     try:
         async with serve(cfg):
@@ -463,7 +479,7 @@ async def test_redelivered_events_are_stored_once_and_progress_thresholds_fire_o
     prefix = new_prefix()
     rules = [{"id": "r", "on": ["failed", "progress>=50"], "channels": ["websocket"]}]
     cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=rules)
-    user = f"u-{uuid.uuid4().hex[:6]}"
+    user = uid("u")
     async with serve(cfg) as app:
         notifier = app[NOTIFIER]
         ev = failed_event("t-dup", user, time.time())
@@ -484,7 +500,7 @@ async def test_events_of_a_dead_gateway_are_taken_over(tracker_env, rdb):
     stream, group = f"{prefix}:events", f"{prefix}:notifier"
     rules = [{"id": "r", "on": ["failed"], "channels": ["websocket"]}]
     cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=rules)
-    user = f"u-{uuid.uuid4().hex[:6]}"
+    user = uid("u")
     rdb.xgroup_create(stream, group, id="$", mkstream=True)
     for i in range(2):
         rdb.xadd(stream, encode(failed_event(f"dead-{i}", user, time.time())))
@@ -507,7 +523,7 @@ async def test_lost_queue_entries_are_requeued(tracker_env, rdb):
     cfg = replace(TrackerConfig.from_env(), prefix=prefix)
     t = Tracker(config=cfg)
     try:
-        rec = t.notify("u-lost", "queued later", channels=["websocket"])
+        rec = t.notify(uid("lost"), "queued later", channels=["websocket"])
         rdb.delete(nt.due_key(prefix))
         with t.engine.begin() as conn:  # make it old enough for the sweep
             conn.exec_driver_sql("UPDATE tracker_notifications SET created_at = now() - interval '1 minute' "
@@ -527,7 +543,7 @@ async def test_in_app_notifications_reach_only_their_users_feed(tracker_env):
 
     prefix = new_prefix()
     cfg = replace(TrackerConfig.from_env(), prefix=prefix)
-    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    alice, bob = uid("alice"), uid("bob")
     t = Tracker(config=cfg)
 
     async def notifications_on(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[dict[str, Any]]:
@@ -570,7 +586,7 @@ async def test_in_app_notifications_reach_only_their_users_feed(tracker_env):
 async def test_async_helpers_scope_by_user(tracker_env):
     prefix = new_prefix()
     cfg = replace(TrackerConfig.from_env(), prefix=prefix)
-    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
+    alice, bob = uid("alice"), uid("bob")
     async with serve(cfg) as app:
         with pytest.raises(ValueError, match="type must be one of"):
             await nf.create_notifications(app, [{"user_id": alice, "title": "ok"},
