@@ -56,7 +56,10 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(config: TrackerConfig | None = None, *, celery_app: Any = None) -> web.Application:
     """Build the gateway: WebSocket feed, REST API, notifier, sweeper and dashboard."""
     config = config or TrackerConfig.from_env()
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    # Long request lines: REST filters may be percent-encoded non-ASCII (12 bytes per character);
+    # aiohttp's 8 KiB default would answer such a URL with a plain-text 400 before our handlers.
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY,
+                          handler_args={"max_line_size": 65536})
     app[CONFIG] = config
     app[CELERY_APP] = celery_app
     app[GATEWAY_ID] = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -143,7 +143,7 @@ def no_content() -> web.Response:
 
 
 # -- request parsing ------------------------------------------------------------------------------------
-_INT = re.compile(r"[+-]?\d{1,18}")
+_INT = re.compile(r"[+-]?\d{1,19}")
 _NUM = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?")
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -244,7 +244,7 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
 #: Query parameters shared by list endpoints.
 TIME_DOC = "ISO 8601 time, epoch seconds, or relative such as -15m, -2h, -7d"
 LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
-CURSOR: Schema = {"type": "string", "maxLength": 1024, "description": "next_cursor of the previous page"}
+CURSOR: Schema = {"type": "string", "maxLength": 512, "description": "next_cursor of the previous page"}
 TEXT: Schema = {"type": "string", "maxLength": 255}
 WHEN: Schema = {"type": "string", "maxLength": 64, "description": TIME_DOC}
 
@@ -285,6 +285,16 @@ async def flush_writes(app: web.Application, timeout: float = 5.0) -> bool:
     return await asyncio.to_thread(app[REPORTER].flush, timeout)
 
 
+def _route_path(op: Operation) -> str:
+    """The aiohttp path: integer ids only match digits, so ``/notifications/stats`` is never
+    taken for a notification id (other methods there get 405, not a 400 about the id)."""
+    path = op.url
+    for name, schema in op.path_params.items():
+        if schema.get("type") == "integer":
+            path = path.replace("{" + name + "}", "{" + name + r":\d{1,19}}")
+    return path
+
+
 def setup(app: web.Application) -> None:
     """Register every REST route (and the Prometheus endpoint) on ``app``."""
     # Importing the endpoint modules fills OPERATIONS; routes are added in declaration order,
@@ -300,5 +310,5 @@ def setup(app: web.Application) -> None:
     )
 
     for op in OPERATIONS:
-        app.router.add_route(op.method, op.url, _wrap(op), name=op.operation_id)
+        app.router.add_route(op.method, _route_path(op), _wrap(op), name=op.operation_id)
     prometheus.setup(app)
