@@ -134,4 +134,8 @@ def celery_command(ctx: click.Context) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # Under ``python -m tracker.cli`` this module is __main__; the command modules attached
+    # themselves to the importable tracker.cli.main, so run that one.
+    from tracker.cli import main as _main
+
+    _main()
