@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import redis as redis_lib
 
-__all__ = ["FeedClient", "expected_ids", "stream_tail", "matches"]
+__all__ = ["FeedClient", "expected_ids", "expected_by_topic", "stream_tail", "matches"]
 
 STREAM = "tracker:events"
 
@@ -42,16 +42,31 @@ def matches(topic: str, fields: dict[str, str]) -> bool:
 
 def expected_ids(client: redis_lib.Redis, topic: str, since: str, key: str = STREAM) -> list[str]:
     """Ids of the stream entries after ``since`` that belong to ``topic``, in stream order."""
-    out: list[str] = []
+    return expected_by_topic(client, [topic], since, key)[topic]
+
+
+def expected_by_topic(client: redis_lib.Redis, topics: list[str], since: str,
+                      key: str = STREAM) -> dict[str, list[str]]:
+    """:func:`expected_ids` for many topics in one pass over the stream."""
+    out: dict[str, list[str]] = {t: [] for t in topics}
+    users = {t.partition(":")[2]: out[t] for t in topics if t.startswith("user:")}
+    tasks = {t.partition(":")[2]: out[t] for t in topics if t.startswith("task:")}
+    everything = out.get("all")
     start = f"({since}" if since != "0-0" else "-"
     while True:
         batch = client.xrange(key, min=start, count=5000)
         if not batch:
             return out
         for entry_id, raw in batch:
-            fields = {k.decode(): v.decode() for k, v in raw.items()}
-            if matches(topic, fields):
-                out.append(entry_id.decode())
+            eid = entry_id.decode()
+            if everything is not None:
+                everything.append(eid)
+            user = raw.get(b"user_id", b"").decode()
+            if user in users:
+                users[user].append(eid)
+            task = raw.get(b"task_id", b"").decode()
+            if task in tasks:
+                tasks[task].append(eid)
         start = f"({batch[-1][0].decode()}"
 
 
@@ -72,6 +87,8 @@ class FeedClient:
     connects: int = 0
     #: Do not read frames while set (a deliberately slow client).
     stalled: asyncio.Event | None = None
+    #: Resume after the connection ends (a deliberately slow client gives up instead).
+    reconnect: bool = True
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _ws: aiohttp.ClientWebSocketResponse | None = None
@@ -101,7 +118,7 @@ class FeedClient:
                 await self._session(session)
             except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
-            if self._stop.is_set():
+            if self._stop.is_set() or not self.reconnect:
                 return
             await asyncio.sleep(self.retry_delay)
 
