@@ -7,6 +7,7 @@ instead (one JSON document, or one JSON object per line for ``logs --follow``).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -60,7 +61,9 @@ def _bar(progress: float, width: int = 20) -> Text:
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    # Piped output has no terminal width: do not squeeze tables into rich's default 80 columns.
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    return Console(highlight=False, soft_wrap=False, width=width)
 
 
 def _bad_input(fn: Callable[[], Any]) -> Any:
