@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 
 from celery import group
@@ -45,7 +47,8 @@ async def test_progress_from_a_worker_reaches_the_client_in_order(gateway, worke
     assert mine[-1]["data"]["status"] == "completed"
 
 
-async def test_owner_pauses_resumes_and_cancels_a_running_task_over_the_socket(gateway, worker, tracked_app):
+async def test_owner_pauses_resumes_and_cancels_a_running_task_over_the_socket(gateway, worker, tracked_app,
+                                                                               tracker):
     me = uid()
     with tracking_context(user_id=me):
         res = slow.apply_async((15.0,), queue=worker.queue)
@@ -68,6 +71,11 @@ async def test_owner_pauses_resumes_and_cancels_a_running_task_over_the_socket(g
         await ws.send(json.dumps({"op": "cancel", "task_id": res.id}))
         got = await recv_until(ws, lambda f: f.get("event") == "task.cancelled", timeout=10)
         assert {"type": "ack", "op": "cancel", "task_id": res.id} in got
+        # Once the store has the final state, another cancel is refused.
+        deadline = time.monotonic() + 10
+        while tracker.get(res.id).status != "cancelled":
+            assert time.monotonic() < deadline, "cancelled state never stored"
+            await asyncio.sleep(0.05)
         await ws.send(json.dumps({"op": "cancel", "task_id": res.id}))
         frame = await recv_until(ws, lambda f: f["type"] in ("ack", "error"), timeout=10)
         assert frame[-1]["type"] == "error" and frame[-1]["code"] == "conflict"
