@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,14 @@ def _run_once(env: dict[str, str], tmp_path: Path) -> tuple[int, str]:
         proc = subprocess.run([TRACKER, "demo", "--once", "--scale", "0.3", "--timeout", "90", "--port", "0"],
                               env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=240)
     return proc.returncode, out.read_text(errors="replace")
+
+
+def _fetch(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode(errors="replace")
 
 
 def _table_rows(output: str) -> list[list[str]]:
@@ -155,6 +164,9 @@ def test_interactive_demo_stops_everything_on_signal(sig: int, tmp_path: Path) -
         ports = _ports(output)
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['gateway']}/healthz", timeout=5) as r:
             assert r.status == 200
+        dashboard_url = re.search(r"Dashboard: (http://\S+)", output)
+        assert dashboard_url is not None
+        dashboard = _fetch(dashboard_url.group(1))
         children = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert "celery" in names and "gateway" in names and "redis-server" in names
@@ -171,6 +183,9 @@ def test_interactive_demo_stops_everything_on_signal(sig: int, tmp_path: Path) -
         assert not left, f"left running: {[c.cmdline() for c in left]}"
         for name, port in ports.items():
             assert not _listening(port), f"{name} still listening on {port}"
+        # The printed URL (with its admin token) opened the dashboard while the demo ran.
+        status, content_type, body = dashboard
+        assert status == 200 and content_type.startswith("text/html"), (status, content_type, body[:300])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
