@@ -173,8 +173,9 @@ async def _subscribe(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, 
             if hub.behind(conn) and not await hub.drained(conn, hub.settings.close_grace):
                 hub.close(conn, 1013, "too slow: reconnect and resume with since")
                 return
-            if id_key(since) > id_key(upto):
-                # The client saw events this gateway has not read yet: do not send them twice.
+            if id_key(since) > id_key(upto) and conn.topics == {topic}:
+                # The client saw events this gateway has not read yet: do not send them twice. (The floor is
+                # per connection: with other topics live, a few doubles beat losing their events.)
                 conn.floor = max(conn.floor or (0, 0), id_key(since))
         hub.deliver(conn, [(None, frames.recovered(topic, complete))])
         if not complete:

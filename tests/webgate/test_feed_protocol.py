@@ -340,3 +340,20 @@ async def test_client_js_is_served(feed_gateway):
         assert r.headers["Content-Type"].startswith("application/javascript")
         body = await r.text()
     assert "class TrackerClient" in body and "since" in body
+
+
+async def test_resume_from_a_gateway_that_was_ahead_skips_what_the_client_already_has(feed_gateway, publisher):
+    gw = await feed_gateway()
+    me = uid()
+    publisher.progress("t-" + me, me, 1.0)
+    # The client saw everything up to 400 ms from now (on a gateway that had read further than this one).
+    ahead = f"{int(time.time() * 1000) + 400}-0"
+    async with ws_connect(gw.url(me)) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}", "since": ahead}))
+        assert await recv(ws) == {"type": "recovered", "topic": f"user:{me}", "complete": True}
+        seen_already = publisher.progress("t-" + me, me, 2.0)
+        assert id_key(seen_already) <= id_key(ahead)
+        await asyncio.sleep(0.5)
+        new = publisher.progress("t-" + me, me, 3.0)
+        frame = await recv(ws)
+        assert frame["id"] == new  # the one at or before `since` was not sent again
