@@ -241,18 +241,7 @@ class Tracker:
         all are validated first, so bad input raises ValueError/TypeError and stores nothing."""
         from tracker import notify as nt
 
-        if isinstance(items, (str, bytes, dict)) or not hasattr(items, "__iter__"):
-            raise TypeError("notify_many takes a list of dicts")
-        checked = []
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                raise TypeError(f"notification {i} must be a dict")
-            try:
-                checked.append(nt.check_notification(**item))
-            except TypeError as exc:
-                if "unexpected keyword" in str(exc):
-                    raise ValueError(f"notification {i}: unknown field ({exc})") from None
-                raise
+        checked = nt.check_notifications(items)
         return nt.create_notifications(self.engine, self.redis, self.config.prefix, checked)
 
     # -- control -----------------------------------------------------------------------------------

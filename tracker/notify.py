@@ -47,7 +47,8 @@ __all__ = [
     "CHANNELS", "PRIORITIES", "TYPES", "TRIGGERS", "TEMPLATE_FIELDS", "DELIVERY_STATUSES",
     "Trigger", "Rule", "NewNotification", "BurstScope",
     "parse_rules", "rule_by_id", "triggers_of", "task_context", "render", "check_template", "dedup_key",
-    "check_notification", "initial_delivery", "insert_notifications", "delivery_update", "notification_record",
+    "check_notification", "check_notifications", "initial_delivery", "insert_notifications", "delivery_update",
+    "notification_record",
     "due_key", "digests_key", "due_member", "parse_due_member", "backoff_delay",
     "window_start", "burst_scopes", "digest_notification", "create_notifications", "pair_inserted",
     "queue_entries", "notification_by_dedup",
@@ -472,6 +473,24 @@ def _opt_text(name: str, value: Any, limit: int = 1000) -> str | None:
     if len(value) > limit:
         raise ValueError(f"{name} must be at most {limit} characters")
     return value
+
+
+def check_notifications(items: Any) -> list[NewNotification]:
+    """Validate a list of notification dicts (the :func:`check_notification` fields) in full
+    before anything is stored: bad input raises ValueError/TypeError naming the item."""
+    if isinstance(items, (str, bytes, Mapping)) or not hasattr(items, "__iter__"):
+        raise TypeError("notifications must be a list of objects")
+    checked = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise TypeError(f"notification {i} must be an object")
+        try:
+            checked.append(check_notification(**item))
+        except TypeError as exc:
+            if "unexpected keyword" in str(exc):
+                raise ValueError(f"notification {i}: unknown field ({exc})") from None
+            raise
+    return checked
 
 
 def check_notification(user_id: Any = None, title: Any = None, message: Any = "", type: Any = "info",

@@ -595,16 +595,5 @@ async def notification_stats(app: web.Application, user_id: str | None = None) -
 async def create_notifications(app: web.Application, items: Sequence[Mapping[str, Any]]) -> list[NotificationRecord]:
     """Validate every item (the ``Tracker.notify`` fields) first, then store all of them in one
     transaction and queue their delivery: bad input raises ValueError/TypeError and stores nothing."""
-    if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
-        raise TypeError("notifications must be a list of objects")
-    checked = []
-    for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise TypeError(f"notification {i} must be an object")
-        try:
-            checked.append(nt.check_notification(**item))
-        except TypeError as exc:
-            if "unexpected keyword" in str(exc):
-                raise ValueError(f"notification {i}: unknown field ({exc})") from None
-            raise
+    checked = nt.check_notifications(items)
     return await app[NOTIFIER].store(checked)
