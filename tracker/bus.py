@@ -10,18 +10,16 @@ learns about pause and cancel without a round trip of its own.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import redis
 
+from tracker.background import BackgroundWriter
 from tracker.events import Event, encode
 
 __all__ = ["EventBus"]
@@ -41,7 +39,7 @@ def _progress_event(item: _Progress) -> Event:
     return Event("task.progress", task_id, user_id, ts, data)
 
 
-class EventBus:
+class EventBus(BackgroundWriter):
     """Buffered, coalescing publisher to ``{prefix}:events``; methods never raise."""
 
     def __init__(
@@ -55,6 +53,7 @@ class EventBus:
         buffer_max: int = 100_000,
         name: str = "tracker-bus",
     ) -> None:
+        super().__init__()
         self.redis_url = redis_url
         self.prefix = prefix
         self.stream = f"{prefix}:events"
@@ -65,14 +64,8 @@ class EventBus:
         #: Pause after a send so that events of a burst share the next pipeline.
         self.linger = 0.002
         self._queue: deque[Event | _Progress] = deque()
-        self._lock = threading.Lock()
         self._last_progress: dict[str, float] = {}
         self._held: dict[str, _Progress] = {}  # coalesced progress waiting for its slot
-        self._wake = threading.Event()
-        self._seq = 0
-        self._done_seq = 0
-        self._done = threading.Condition(threading.Lock())
-        self._closed = False
         self._client: redis.Redis | None = None
         self._backoff = 0.0
         #: task id -> control value ("pause", "cancel" or None) for tasks running here.
@@ -88,11 +81,7 @@ class EventBus:
         self.control_changed = threading.Condition(threading.Lock())
         self.dropped = 0
         self.sent = 0
-        self.failures = 0
-        self.connected = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-        _live.add(self)
+        self._start(name)
 
     # -- publishing (hot path) ---------------------------------------------------------
     def publish(self, type: str, task_id: str | None, user_id: str | None, data: dict[str, Any],
@@ -134,40 +123,13 @@ class EventBus:
         self._queue.append(event)
         self._seq += 1
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Block until every event published before the call is in Redis."""
-        with self._lock:
-            for held in self._held.values():
-                self._enqueue(held)
-            self._held.clear()
-            target = self._seq
-        deadline = time.monotonic() + timeout
-        self._wake.set()
-        with self._done:
-            while self._done_seq < target:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return self._done_seq >= target
-                self._done.wait(min(left, 0.05))
-                self._wake.set()
-        return True
+    def _before_flush(self) -> None:
+        for held in self._held.values():
+            self._enqueue(held)
+        self._held.clear()
 
-    def close(self, timeout: float = 5.0) -> None:
-        if self._closed:
-            return
-        if self.failures and not self.connected:
-            # The server is away: do not hold a shutting-down process for long.
-            timeout = min(timeout, 1.0)
-        self.flush(timeout)
-        self._closed = True
-        self._wake.set()
-        self._thread.join(timeout=2)
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:
-                pass
-        _live.discard(self)
+    def _disconnect(self) -> None:
+        self._drop_client()
 
     # -- control ---------------------------------------------------------------------------
     def watch_control(self, task_id: str) -> None:
@@ -358,29 +320,8 @@ class EventBus:
                 pass
             self._client = None
 
-    def _mark_done(self, seq: int) -> None:
-        with self._done:
-            if seq > self._done_seq:
-                self._done_seq = seq
-            self._done.notify_all()
-
 
 #: How far back a new follower looks (the control flags' lifetime, see tracker.control).
 _CONTROL_TTL = 7 * 86400
 _FOLLOW_PAGE = 5000
 _FOLLOW_MAX = 100_000
-
-_live: weakref.WeakSet[EventBus] = weakref.WeakSet()
-
-if hasattr(os, "register_at_fork"):
-    # A forked child must not touch the parent's writer (its thread and locks are gone).
-    os.register_at_fork(after_in_child=_live.clear)
-
-
-@atexit.register
-def _flush_all_at_exit() -> None:
-    for bus in list(_live):
-        try:
-            bus.close(timeout=3)
-        except Exception:
-            pass

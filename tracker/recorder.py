@@ -10,14 +10,10 @@ writer retries with backoff; what the bound had to drop is counted and reported.
 from __future__ import annotations
 
 import array
-import atexit
 import logging
-import os
 import struct
 import sys
-import threading
 import time
-import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +23,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
+from tracker.background import BackgroundWriter
 from tracker.config import psycopg_url
 from tracker.events import dumps
 
@@ -172,7 +169,7 @@ def merge_task_state(into: dict[str, Any], update: dict[str, Any]) -> None:
             into[key] = value
 
 
-class Recorder:
+class Recorder(BackgroundWriter):
     """Batched, buffered writer; every public method is non-blocking and never raises."""
 
     def __init__(
@@ -183,22 +180,17 @@ class Recorder:
         buffer_max: int = 100_000,
         name: str = "tracker-recorder",
     ) -> None:
+        super().__init__()
         self.dsn = psycopg_url(database_url)
         self.flush_interval = flush_interval
         self.buffer_max = buffer_max
         #: Buffer length at which the writer is woken before its interval is up.
         self._early = max(100, buffer_max // 20)
-        self._lock = threading.Lock()
         self._tasks: dict[str, dict[str, Any]] = {}
         self._logs: list[tuple[Any, ...]] = []
         self._progress: list[tuple[Any, ...]] = []
         self._metrics: list[tuple[Any, ...]] = []
         self._workers: dict[str, tuple[Any, ...]] = {}
-        self._seq = 0  # bumped by every enqueue
-        self._done_seq = 0  # everything up to this has been committed
-        self._done = threading.Condition(threading.Lock())
-        self._wake = threading.Event()
-        self._closed = False
         self._conn: psycopg.Connection[Any] | None = None
         self._backoff = 0.0
         self._medians: dict[str, tuple[float, float | None]] = {}
@@ -206,12 +198,8 @@ class Recorder:
         self.ticks: list[Callable[[], None]] = []
         self.dropped: dict[str, int] = {"logs": 0, "progress": 0, "metrics": 0, "tasks": 0}
         self.written: dict[str, int] = {"logs": 0, "progress": 0, "metrics": 0, "tasks": 0}
-        self.failures = 0
-        self.connected = False
         self._reported_drops = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-        _live.add(self)
+        self._start(name)
 
     # -- enqueue (hot path) -------------------------------------------------------------
     def task(self, task_id: str, **fields: Any) -> None:
@@ -339,37 +327,9 @@ class Recorder:
             self._median_wanted.add(task_type)
 
     # -- synchronisation ------------------------------------------------------------------
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Block until everything enqueued before the call is committed; False on timeout."""
-        with self._lock:
-            target = self._seq
-        deadline = time.monotonic() + timeout
-        self._wake.set()
-        with self._done:
-            while self._done_seq < target:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._thread.is_alive():
-                    return self._done_seq >= target
-                self._done.wait(min(left, 0.05))
-                self._wake.set()
-        return True
-
-    def close(self, timeout: float = 10.0) -> None:
-        if self._closed:
-            return
-        if self.failures and not self.connected:
-            # The server is away: do not hold a shutting-down process for long.
-            timeout = min(timeout, 1.0)
-        self.flush(timeout)
-        self._closed = True
-        self._wake.set()
-        self._thread.join(timeout=2)
+    def _disconnect(self) -> None:
         if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-        _live.discard(self)
+            self._conn.close()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -536,12 +496,6 @@ class Recorder:
             self.metric("tracker.recorder.dropped", float(total - self._reported_drops), unit="count")
             self._reported_drops = total
 
-    def _mark_done(self, seq: int) -> None:
-        with self._done:
-            if seq > self._done_seq:
-                self._done_seq = seq
-            self._done.notify_all()
-
     @staticmethod
     def _task_params(task_id: str, state: dict[str, Any]) -> dict[str, Any]:
         params: dict[str, Any] = {"task_id": task_id}
@@ -558,19 +512,3 @@ class Recorder:
         if params["tags"] is None:
             params["tags"] = []
         return params
-
-
-_live: weakref.WeakSet[Recorder] = weakref.WeakSet()
-
-if hasattr(os, "register_at_fork"):
-    # A forked child must not touch the parent's writer (its thread and locks are gone).
-    os.register_at_fork(after_in_child=_live.clear)
-
-
-@atexit.register
-def _flush_all_at_exit() -> None:
-    for rec in list(_live):
-        try:
-            rec.close(timeout=5)
-        except Exception:
-            pass
