@@ -24,8 +24,8 @@ STREAM = "tracker:events"
 
 def stream_tail(client: redis_lib.Redis, key: str = STREAM) -> str:
     """The newest entry id of the stream ("0-0" when empty)."""
-    last = client.xrevrange(key, count=1)
-    return last[0][0].decode() if last else "0-0"
+    last: Any = client.xrevrange(key, count=1)
+    return str(last[0][0].decode()) if last else "0-0"
 
 
 def matches(topic: str, fields: dict[str, str]) -> bool:
@@ -54,7 +54,7 @@ def expected_by_topic(client: redis_lib.Redis, topics: list[str], since: str,
     everything = out.get("all")
     start = f"({since}" if since != "0-0" else "-"
     while True:
-        batch = client.xrange(key, min=start, count=5000)
+        batch: Any = client.xrange(key, min=start, count=5000)
         if not batch:
             return out
         for entry_id, raw in batch:

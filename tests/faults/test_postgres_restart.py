@@ -46,24 +46,25 @@ def test_postgres_restart_while_tasks_run(own_pg: Any, make_worker: Any, tracker
         wait_for(lambda: final_count(sql, ids) == N, 60, 0.2, "all task records final")
         # Logs and progress of the last tasks follow within a flush interval or two.
         def logs() -> int:
-            return int(sql.execute("SELECT count(*) FROM tracker_logs WHERE task_id = ANY(%s)", (ids,)).fetchone()[0])
+            row: Any = sql.execute("SELECT count(*) FROM tracker_logs WHERE task_id = ANY(%s)", (ids,)).fetchone()
+            return int(row[0])
         wait_for(lambda: logs() >= N * LOGS_PER_TASK, 30, 0.2, "all log rows")
         time.sleep(1.0)  # anything extra (a duplicated batch) would have arrived by now
 
-        statuses = dict(sql.execute("SELECT status, count(*) FROM tracker_tasks WHERE task_id = ANY(%s) "
-                                    "GROUP BY status", (ids,)).fetchall())
+        statuses: dict[str, int] = dict(sql.execute(
+            "SELECT status, count(*) FROM tracker_tasks WHERE task_id = ANY(%s) GROUP BY status", (ids,)).fetchall())
         assert statuses == {"completed": N}
-        per_task = dict(sql.execute("SELECT task_id, count(*) FROM tracker_logs WHERE task_id = ANY(%s) "
-                                    "GROUP BY task_id", (ids,)).fetchall())
+        per_task: dict[str, int] = dict(sql.execute(
+            "SELECT task_id, count(*) FROM tracker_logs WHERE task_id = ANY(%s) GROUP BY task_id", (ids,)).fetchall())
         assert len(per_task) == N and set(per_task.values()) == {LOGS_PER_TASK}, (
             f"log rows per task: {sorted(set(per_task.values()))}")
         with Tracker(database_url=own_pg.url) as store:
             histories = {[p.progress for p in store.progress_history(t)] == [0.0, 50.0, 100.0, 50.0, 25.0]
                          for t in ids}
         assert histories == {True}, "every task's progress history is exactly what it reported"
-        metrics = sql.execute("SELECT count(*) FROM tracker_metrics WHERE task_id = ANY(%s) AND name = "
-                              "'rows_written'", (ids,)).fetchone()[0]
-        assert metrics == N
+        metrics: Any = sql.execute("SELECT count(*) FROM tracker_metrics WHERE task_id = ANY(%s) AND name = "
+                                   "'rows_written'", (ids,)).fetchone()
+        assert metrics[0] == N
         print(f"PostgreSQL stopped with {stopped_at}/{N} tasks run")
         assert "cannot write to PostgreSQL" in worker.log()
     finally:

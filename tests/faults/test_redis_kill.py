@@ -24,7 +24,7 @@ N_BUILD = 100
 
 def _terminal_events(client: redis_lib.Redis, ids: set[str]) -> set[str]:
     try:
-        entries = client.xrange("tracker:events")
+        entries: Any = client.xrange("tracker:events")
     except redis_lib.ConnectionError:
         return set()
     return {e.task_id for e in (decode(i, f) for i, f in entries)

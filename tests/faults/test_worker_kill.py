@@ -64,7 +64,12 @@ def test_sigkill_of_whole_worker_then_tracker_sweep(tracked_app: Any, make_worke
 
     # Within the lost window the task is spared; after it, one sweep marks it.
     outputs: list[str] = []
-    wait_for(lambda: res.id in (outputs.append(sweep()) or outputs[-1]), 30, 0.5, "sweep marks the task lost")
+
+    def lost() -> bool:
+        outputs.append(sweep())
+        return res.id in outputs[-1]
+
+    wait_for(lost, 30, 0.5, "sweep marks the task lost")
     rec = tracker.get(res.id)
     assert rec.status == "failed" and rec.error_type == "worker-lost"
     assert f"failed (worker-lost)  {res.id}" in outputs[-1]
