@@ -130,7 +130,8 @@ async def performance_metrics(call: Call, a: dict[str, Any]) -> Figure:
     if a.get("task_type") is not None:
         groups = [g for g in groups if g["group"] == a["task_type"]]
     series = await fetch_all(call.app, q.throughput_series(bucket, since, until, user_id, a.get("task_type")))
-    minutes = q.parse_bucket(bucket).total_seconds() / 60.0
+    t0 = q.parse_time(since, "since")
+    t1 = q.parse_time(until, "until") or datetime.now(UTC)
     types = [g["group"] or "(none)" for g in groups]
 
     def col(name: str, scale: float = 1.0) -> list[float | None]:
@@ -148,18 +149,20 @@ async def performance_metrics(call: Call, a: dict[str, Any]) -> Figure:
     for r in series:
         xs, ys = by_type.setdefault(r.task_type or "(none)", ([], []))
         xs.append(r.bucket)
-        ys.append(int(r.finished) / minutes)
+        ys.append(int(r.finished))
     for task_type, (xs, ys) in sorted(by_type.items()):
-        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{task_type} per min", "x": xs, "y": ys,
-                     "xaxis": "x3", "yaxis": "y3"})
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{task_type} finished", "x": xs, "y": ys,
+                     "xaxis": "x3", "yaxis": "y3", "hovertemplate": "%{y} finished<extra>" + task_type + "</extra>"})
     layout = _layout(
         "Performance by task type", barmode="group", height=560,
         xaxis={"domain": [0, 0.46], "anchor": "y"}, yaxis={"domain": [0.6, 1], "range": [0, 100], "anchor": "x",
                                                            "title": {"text": "success %"}},
         xaxis2={"domain": [0.54, 1], "anchor": "y2"}, yaxis2={"domain": [0.6, 1], "anchor": "x2",
                                                               "title": {"text": "seconds"}},
-        xaxis3={"domain": [0, 1], "anchor": "y3", "type": "date"},
-        yaxis3={"domain": [0, 0.42], "anchor": "x3", "title": {"text": "finished / min"}},
+        xaxis3={"domain": [0, 1], "anchor": "y3", "type": "date",
+                "range": [t0.isoformat() if t0 else None, t1.isoformat()]},
+        yaxis3={"domain": [0, 0.42], "anchor": "x3", "rangemode": "tozero",
+                "title": {"text": f"finished per {bucket}"}},
         meta={"groups": groups, "bucket": bucket}, legend={"orientation": "h", "y": -0.12},
     )
     return {"data": data, "layout": layout}
@@ -173,7 +176,8 @@ async def activity_heatmap(call: Call, a: dict[str, Any]) -> Figure:
     for r in rows:
         z[int(r.dow) - 1][int(r.hour)] = int(r._mapping["count"])
     return {"data": [{"type": "heatmap", "z": z, "x": [f"{h:02d}" for h in range(24)], "y": WEEKDAYS,
-                      "colorscale": "Blues", "hovertemplate": "%{y} %{x}:00 - %{z} tasks<extra></extra>"}],
+                      "colorscale": [[0, "#f1f5f9"], [0.001, "#dbeafe"], [1, "#1d4ed8"]], "xgap": 2, "ygap": 2,
+                      "zmin": 0, "hovertemplate": "%{y} %{x}:00 - %{z} tasks<extra></extra>"}],
             "layout": _layout("Activity by weekday and hour", xaxis={"title": {"text": "hour"}, "dtick": 1},
                               yaxis={"autorange": "reversed"}, meta={"total": sum(map(sum, z))})}
 
