@@ -448,7 +448,8 @@ def test_websocket_frame_fuzz(target: Target) -> None:
         keys_after = set(control.scan_iter("tracker:control:*"))
         control.close()
     assert sent >= 2000
-    assert keys_after == keys_before, "a refused control op left a flag"
+    # The gateway's sweeper may delete stale flags of earlier tests meanwhile: none may be new.
+    assert keys_after <= keys_before, "a refused control op left a flag"
     with Tracker(database_url=target.database_url) as t:
         assert all(getattr(t.get(v), "status", None) == "running" for v in VICTIMS)
     _no_stray_tasks(target)
