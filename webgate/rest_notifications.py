@@ -10,7 +10,7 @@ from tracker import queries as q
 from tracker.records import NotificationRecord
 from webgate.db import execute, fetch_all, fetch_one
 from webgate.errors import json_error
-from webgate.rest import CURSOR, LIMIT, TEXT, Call, no_content, operation, reply, scope_user
+from webgate.rest import CURSOR, LIMIT, TEXT, Call, no_content, operation, reply, scope_user, visible_task
 from webgate.rest_schema import ref
 
 __all__: list[str] = []
@@ -88,3 +88,33 @@ async def notification_stats(call: Call) -> web.Response:
     row = await fetch_one(call.app, q.notification_stats(scope_user(call, call.query.get("user_id"))))
     counts = dict(row._mapping) if row is not None else {}
     return reply({k: int(counts.get(k) or 0) for k in ("total", "unread", "urgent", "high")})
+
+
+@operation("POST", "/notifications", operation_id="createNotifications", tag="notifications",
+           summary="Send in-app (and email, Slack, webhook) notifications: one object or {\"notifications\": [...]}",
+           description="Users notify themselves; admins anyone. A task_id must name a task the caller may see. "
+                       "dedup_key makes a retry idempotent (per caller). Delivery is recorded per channel.",
+           body={"anyOf": [ref("NotificationBatch"), ref("NotificationIn")]}, body_required=True,
+           ok=(201, "The stored notification(s)", {"anyOf": [ref("Notification"), ref("NotificationPage")]}),
+           errors=(403, 404))
+async def create_notifications(call: Call) -> web.Response:
+    from webgate import notifier
+
+    batch = "notifications" in call.body
+    items: list[dict[str, Any]] = [dict(n) for n in (call.body["notifications"] if batch else [call.body])]
+    p = call.principal
+    for item in items:
+        item["user_id"] = item.get("user_id") or p.user_id
+        if not p.can_see_user(item["user_id"]):
+            raise json_error(403, "forbidden", "you may only notify yourself")
+        if item.get("task_id"):
+            await visible_task(call, item["task_id"])
+        if item.get("dedup_key"):
+            # Keys are namespaced by caller: nobody can fetch another caller's notification by its key.
+            item["dedup_key"] = f"rest:{p.user_id}:{item['dedup_key']}"
+        for key in [k for k, v in item.items() if v is None and k in ("message", "metadata", "action_url")]:
+            item.pop(key)
+    records = await notifier.create_notifications(call.app, items)
+    if batch:
+        return reply({"items": [r.to_dict() for r in records], "next_cursor": None}, 201)
+    return reply(records[0].to_dict(), 201)

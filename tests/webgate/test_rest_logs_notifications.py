@@ -182,3 +182,49 @@ async def test_notifications_are_the_callers_own(api, sql):
     assert (await api.call("DELETE", f"/notifications/{ids[2]}", user)).status == 404
     assert (await api.call("GET", "/notifications/stats", user)).body["total"] == 2
     assert (await api.admin("DELETE", f"/notifications/{theirs}")).status == 204
+
+
+def user_notifications(sql, user: str) -> int:
+    return sql.execute("SELECT count(*) FROM tracker_notifications WHERE user_id = %s", (user,)).fetchone()[0]
+
+
+async def test_create_notifications_for_oneself_or_as_admin(api, sql, rdb):
+    user, other = new_user(), new_user()
+    t = await api.create(user)
+    r = await api.call("POST", "/notifications", user, json_body={
+        "title": "Import done", "message": "12 rows", "type": "success", "task_id": t["task_id"],
+        "metadata": {"rows": 12}, "dedup_key": "import-1"})
+    assert r.status == 201, r.text
+    n = r.body
+    assert n["user_id"] == user and n["title"] == "Import done" and n["channels"] == ["websocket"]
+    assert n["task_id"] == t["task_id"] and n["metadata"] == {"rows": 12} and n["is_read"] is False
+    again = await api.call("POST", "/notifications", user, json_body={"title": "Import done", "dedup_key": "import-1"})
+    assert again.status == 201 and again.body["id"] == n["id"]  # idempotent per caller
+    listed = await api.call("GET", "/notifications", user)
+    assert [x["id"] for x in listed.body["items"]] == [n["id"]]
+
+    def pushed() -> bool:  # the notifier delivers the websocket channel as a stream event
+        return any(f.get(b"type") == b"notification" and json.loads(f[b"data"]).get("id") == n["id"]
+                   for _id, f in rdb.xrange("tracker:events"))
+    wait_for(pushed, 15)
+
+    batch = await api.admin("POST", "/notifications", json_body={"notifications": [
+        {"user_id": other, "title": "Maintenance", "priority": "high"},
+        {"user_id": user, "title": "Hello", "type": "info"}]})
+    assert batch.status == 201 and [x["user_id"] for x in batch.body["items"]] == [other, user]
+    assert (await api.call("GET", "/notifications/stats", other)).body["high"] == 1
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"title": "x", "user_id": "someone-else"}, 403), ({"title": "x", "task_id": "no-such-task"}, 404),
+    ({"title": ""}, 400), ({"title": "   "}, 400), ({"title": "x", "channels": ["pigeon"]}, 400),
+    ({"title": "x", "priority": "asap"}, 400), ({"title": "x", "colour": "red"}, 400),
+    ({"notifications": [{"title": "fine"}, {"title": "x", "type": "shout"}]}, 400),
+    ({"notifications": [{"title": "fine"}, {"title": "x", "user_id": "someone-else"}]}, 403),
+])
+async def test_refused_notifications_store_nothing(api, sql, body, status):
+    user = new_user()
+    r = await api.call("POST", "/notifications", user, json_body=body)
+    assert r.status == status, r.text
+    assert "error" in r.body
+    assert user_notifications(sql, user) == 0 and user_notifications(sql, "someone-else") == 0
