@@ -89,6 +89,9 @@ async def test_performance_metrics_by_task_type(api):
     assert line["name"] == f"{kind} finished" and sum(line["y"]) == 4  # 4 finished, counted per bucket
     (group,) = r.body["layout"]["meta"]["groups"]
     assert group["completed"] == 3 and group["failed"] == 1
+    posted = await api.call("POST", "/visualizations/performance-metrics", user,
+                            json_body={"since": "-1h", "bucket": "1m"})
+    assert posted.status == 200 and posted.body["data"][0]["y"] == success["y"]
     too_many = await api.call("GET", "/visualizations/performance-metrics", user, params={"since": "-30d",
                                                                                           "bucket": "1s"})
     assert too_many.status == 400 and "buckets" in too_many.body["error"]["message"]
@@ -105,8 +108,12 @@ async def test_activity_heatmap_counts_by_weekday_and_hour(api):
     assert len(heat["z"]) == 7 and all(len(row) == 24 for row in heat["z"]) and heat["y"][0] == "Mon"
     local = datetime.fromisoformat(created[0]["created_at"]).astimezone(UTC) + timedelta(minutes=90)
     assert heat["z"][local.isoweekday() - 1][local.hour] == 3 and r.body["layout"]["meta"]["total"] == 3
+    posted = await api.call("POST", "/visualizations/activity-heatmap", user, json_body={"utc_offset": 90})
+    assert posted.status == 200 and posted.body["data"][0]["z"] == heat["z"]
     assert (await api.call("GET", "/visualizations/activity-heatmap", user,
                            params={"utc_offset": "5000"})).status == 400
+    assert (await api.call("POST", "/visualizations/activity-heatmap", user,
+                           json_body={"utc_offset": "90"})).status == 400  # JSON bodies are typed
 
 
 async def test_saved_dashboards(api, sql):
