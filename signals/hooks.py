@@ -124,8 +124,12 @@ def _error_fields(exc: BaseException | None, einfo: Any = None, trace: Any = Non
 
 
 def _request_context(request: Any) -> TrackingContext:
-    request_dict = getattr(request, "request_dict", None) or getattr(request, "_request_dict", None)
-    return from_headers(request_dict, request)
+    """The context of a worker-side ``Request`` from its message headers (a plain dict: this
+    runs in the worker's single dispatching process for every task, so it must be cheap)."""
+    request_dict = getattr(request, "_request_dict", None)
+    if request_dict is None:
+        request_dict = getattr(request, "request_dict", None)
+    return from_headers(request_dict)
 
 
 def _task_type(ctx: TrackingContext, task: Any, name: str | None) -> str | None:

@@ -63,6 +63,7 @@ class EventBus(BackgroundWriter):
         self.buffer_max = buffer_max
         #: Pause after a send so that events of a burst share the next pipeline.
         self.linger = 0.002
+        self._sleeping = False
         self._queue: deque[Event | _Progress] = deque()
         self._last_progress: dict[str, float] = {}
         self._held: dict[str, _Progress] = {}  # coalesced progress waiting for its slot
@@ -94,7 +95,8 @@ class EventBus(BackgroundWriter):
                     self._enqueue(held)
                 self._last_progress.pop(task_id, None)
             self._enqueue(event)
-        self._wake.set()
+        if self._sleeping:
+            self._wake.set()
 
     def progress(self, task_id: str, user_id: str | None, ts: float, progress: float,
                  current_step: str | None = None, step_index: int | None = None, total_steps: int | None = None,
@@ -113,7 +115,7 @@ class EventBus(BackgroundWriter):
             else:
                 self._held[task_id] = item
                 wake = False
-        if wake:
+        if wake and self._sleeping:
             self._wake.set()
 
     def _enqueue(self, event: Event | _Progress) -> None:
@@ -174,7 +176,12 @@ class EventBus(BackgroundWriter):
         next_control = 0.0
         while True:
             timeout = self._backoff or (self.progress_interval / 2 if self._held else self.control_interval)
-            self._wake.wait(timeout)
+            # Publishers set the event only while this thread sleeps (setting it per event costs
+            # more than the event): announce the sleep, then look at the queue once more.
+            self._sleeping = True
+            if not self._queue or self._backoff:
+                self._wake.wait(timeout)
+            self._sleeping = False
             self._wake.clear()
             closing = self._closed
             try:

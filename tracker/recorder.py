@@ -21,7 +21,6 @@ from typing import Any
 import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from psycopg.types.json import Jsonb
 
 from tracker.background import BackgroundWriter
 from tracker.config import psycopg_url
@@ -43,42 +42,56 @@ _TS_FIELDS = frozenset(
     {"published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at", "heartbeat_at",
      "stalled_at"}
 )
-_JSON_FIELDS = frozenset({"result", "metadata"})
 
 
-def _upsert_sql() -> str:
-    cols = ", ".join(("task_id",) + TASK_FIELDS + ("created_at",))
-    defaults = {"status": "'pending'", "status_ts": "0", "progress": "0", "retries": "0",
-                "metadata": "'{}'::jsonb", "tags": "'{}'::text[]", "updated_at": "now()"}
-    values = ["%(task_id)s"]
-    for f in TASK_FIELDS:
-        values.append(f"COALESCE(%({f})s, {defaults[f]})" if f in defaults else f"%({f})s")
-    values.append("now()")
-    newer = "(%(status)s::text IS NOT NULL AND %(status_ts)s::float8 >= t.status_ts)"
+_INT_FIELDS = frozenset({"step_index", "total_steps", "worker_pid", "retries"})
+_FLOAT_FIELDS = frozenset({"status_ts", "progress", "eta_seconds"}) | _TS_FIELDS
+_JSON_TEXT_FIELDS = frozenset({"result", "metadata", "tags"})
+
+
+def _sql_type(field: str) -> str:
+    if field in _INT_FIELDS:
+        return "int4[]"
+    if field in _FLOAT_FIELDS:
+        return "float8[]"
+    return "text[]"  # text, and JSON sent as text
+
+
+def _update_sql() -> str:
+    """One UPDATE for a whole batch of task states, from one array per column.
+
+    NULL in a column means "not reported": the stored value stays. Rows are created first by
+    :data:`_ENSURE_ROWS` (defaults: pending, progress 0), so a batch costs two statements
+    whatever its size, and no parameters are built per row.
+    """
     sets = []
+    newer = "(u.status IS NOT NULL AND u.status_ts >= t.status_ts)"
     for f in TASK_FIELDS:
         if f == "status":
-            sets.append(f"status = CASE WHEN {newer} THEN %(status)s::text ELSE t.status END")
+            sets.append(f"status = CASE WHEN {newer} THEN u.status ELSE t.status END")
         elif f == "status_ts":
-            sets.append(f"status_ts = CASE WHEN {newer} THEN %(status_ts)s::float8 ELSE t.status_ts END")
+            sets.append(f"status_ts = CASE WHEN {newer} THEN u.status_ts ELSE t.status_ts END")
         elif f == "metadata":
-            sets.append("metadata = t.metadata || COALESCE(%(metadata)s, '{}'::jsonb)")
+            sets.append("metadata = t.metadata || COALESCE(u.metadata::jsonb, '{}'::jsonb)")
         elif f == "tags":
-            sets.append("tags = CASE WHEN cardinality(%(tags)s::text[]) > 0 THEN %(tags)s::text[] ELSE t.tags END")
+            sets.append("tags = CASE WHEN u.tags IS NOT NULL AND u.tags <> '[]' "
+                        "THEN ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) ELSE t.tags END")
+        elif f == "result":
+            sets.append("result = COALESCE(u.result::jsonb, t.result)")
         elif f == "updated_at":
-            sets.append("updated_at = GREATEST(t.updated_at, COALESCE(%(updated_at)s, now()))")
-        elif f in defaults:
-            # EXCLUDED holds the insert default here, not "no value": use the parameter.
-            sets.append(f"{f} = COALESCE(%({f})s, t.{f})")
+            sets.append("updated_at = GREATEST(t.updated_at, COALESCE(to_timestamp(u.updated_at), now()))")
+        elif f in _TS_FIELDS:
+            sets.append(f"{f} = COALESCE(to_timestamp(u.{f}), t.{f})")
         else:
-            sets.append(f"{f} = COALESCE(EXCLUDED.{f}, t.{f})")
-    return (
-        f"INSERT INTO tracker_tasks AS t ({cols}) VALUES ({', '.join(values)}) "
-        f"ON CONFLICT (task_id) DO UPDATE SET {', '.join(sets)}"
-    )
+            sets.append(f"{f} = COALESCE(u.{f}, t.{f})")
+    cols = ("task_id",) + TASK_FIELDS
+    arrays = ", ".join(f"%s::{'text[]' if c == 'task_id' else _sql_type(c)}" for c in cols)
+    return (f"UPDATE tracker_tasks AS t SET {', '.join(sets)} FROM unnest({arrays}) AS u({', '.join(cols)}) "
+            "WHERE t.task_id = u.task_id")
 
 
-_UPSERT = _upsert_sql()
+_ENSURE_ROWS = "INSERT INTO tracker_tasks (task_id) SELECT unnest(%s::text[]) ON CONFLICT (task_id) DO NOTHING"
+_UPDATE = _update_sql()
 _LOG_COPY = (
     "COPY tracker_logs (task_id, ts, levelno, level, message, source, user_id, context, traceback, attachments) "
     "FROM STDIN"
@@ -99,6 +112,23 @@ _MEDIAN_SQL = (
     "FROM (SELECT started_at, finished_at FROM tracker_tasks WHERE task_type = %s AND status = 'completed' "
     "AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 50) r"
 )
+
+
+def _task_columns(ids: list[str], tasks: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    """Column arrays (task_id first, then :data:`TASK_FIELDS`) for :data:`_UPDATE`."""
+    columns: list[list[Any]] = [ids]
+    states = [tasks[i] for i in ids]
+    for f in TASK_FIELDS:
+        if f in _JSON_TEXT_FIELDS:
+            columns.append([None if (v := st.get(f)) is None else dumps(v) for st in states])
+        elif f in _FLOAT_FIELDS:
+            # One Python type per array: psycopg adapts a list by its elements' type.
+            columns.append([None if (v := st.get(f)) is None else float(v) for st in states])
+        elif f in _INT_FIELDS:
+            columns.append([None if (v := st.get(f)) is None else int(v) for st in states])
+        else:
+            columns.append([_clean(v) if isinstance(v := st.get(f), str) else v for st in states])
+    return columns
 
 
 class Float8Array(list[float]):
@@ -428,7 +458,9 @@ class Recorder(BackgroundWriter):
     def _write(self, cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]], logs: list[Any],
                progress: list[Any], metrics: list[Any], workers: list[Any]) -> None:
         if tasks:
-            cur.executemany(_UPSERT, [self._task_params(k, v) for k, v in tasks.items()])
+            ids = list(tasks)
+            cur.execute(_ENSURE_ROWS, (ids,))
+            cur.execute(_UPDATE, _task_columns(ids, tasks))
         if logs:
             with cur.copy(_LOG_COPY) as cp:
                 for r in logs:
@@ -495,20 +527,3 @@ class Recorder(BackgroundWriter):
             logger.warning("tracker recorder: buffer bound dropped records: %s", self.dropped)
             self.metric("tracker.recorder.dropped", float(total - self._reported_drops), unit="count")
             self._reported_drops = total
-
-    @staticmethod
-    def _task_params(task_id: str, state: dict[str, Any]) -> dict[str, Any]:
-        params: dict[str, Any] = {"task_id": task_id}
-        for f in TASK_FIELDS:
-            v = state.get(f)
-            if v is not None:
-                if f in _TS_FIELDS:
-                    v = _dt(v)
-                elif f in _JSON_FIELDS:
-                    v = Jsonb(v, dumps=dumps)
-                elif isinstance(v, str):
-                    v = _clean(v)
-            params[f] = v
-        if params["tags"] is None:
-            params["tags"] = []
-        return params
