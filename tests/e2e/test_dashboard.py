@@ -64,6 +64,7 @@ def sign_in(page: Any, base: str, user: str, admin: bool = False) -> None:
     page.click("#login-button")
     page.wait_for_selector("#app", state="visible")
     until(page, "document.getElementById('conn').textContent === 'live'")
+    until(page, "window.trackerDashboard.state.snapshots > 0")  # subscribed: live events reach the page
 
 
 def row(page: Any, task_id: str) -> str:
@@ -178,6 +179,7 @@ def test_banner_while_disconnected_then_live_again(page, gateway_process, tracke
     page.add_init_script(f"localStorage.setItem('celery-tracking.token', {json.dumps(make_token(user))})")
     page.goto(gp.base + "/")
     until(page, "document.getElementById('conn').textContent === 'live'")
+    until(page, "window.trackerDashboard.state.snapshots > 0")
     assert page.is_hidden("#banner")
     task_id = tracker.create_task(user_id=user, task_type="offline-job", status="running")
     tracker.update_progress(task_id, 10.0, current_step="before", user_id=user)

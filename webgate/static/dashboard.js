@@ -20,7 +20,7 @@
   const state = {
     token: null, user: null, client: null, everOpen: false,
     tasks: new Map(), rows: new Map(), selected: null, logCount: 0,
-    notifications: [], unread: 0, chartsLoaded: false, chartTimer: null,
+    notifications: [], unread: 0, chartsLoaded: false, chartTimer: null, snapshots: 0, bellTimer: null,
   };
 
   // -- small helpers -----------------------------------------------------------------------------------
@@ -171,6 +171,7 @@
   }
 
   function onSnapshot(frame) {
+    state.snapshots += 1;
     for (const t of frame.tasks || []) upsert(t.task_id, t, false);
     render();
   }
@@ -504,6 +505,9 @@
     if (!n.is_read) state.unread += 1;
     renderBell();
     toast(n.title || "New notification");
+    // The count shown is the store's: a REST read racing this event may have counted it already.
+    clearTimeout(state.bellTimer);
+    state.bellTimer = setTimeout(loadNotifications, 300);
   }
 
   function renderBell() {
