@@ -106,6 +106,7 @@ class _GatewayCollector(Collector):
         yield from self._store()
         yield from self._write_path()
         yield from self._feed()
+        yield from self._notifier()
 
     def _store(self) -> Iterator[Any]:
         snap = self.state.snapshot
@@ -168,6 +169,26 @@ class _GatewayCollector(Collector):
                                   value=st.get("coalesced", 0))
         yield CounterMetricFamily("tracker_feed_slow_closed", "Clients closed for falling behind (1013)",
                                   value=st.get("slow_closed", 0))
+
+
+    def _notifier(self) -> Iterator[Any]:
+        try:
+            from webgate.notifier import NOTIFIER
+        except ImportError:  # the notifier is optional for this module
+            return
+        notifier = self.app.get(NOTIFIER)
+        st = getattr(notifier, "stats", None)
+        if not isinstance(st, dict):
+            return
+        outcomes = CounterMetricFamily("tracker_notifier_deliveries", "Channel deliveries by this gateway",
+                                       labels=["outcome"])
+        for outcome in ("sent", "failed", "retried"):
+            outcomes.add_metric([outcome], st.get(outcome, 0))
+        yield outcomes
+        yield CounterMetricFamily("tracker_notifier_stored", "Notifications stored by this gateway",
+                                  value=st.get("stored", 0))
+        yield CounterMetricFamily("tracker_notifier_suppressed", "Notifications merged into digests or deduplicated",
+                                  value=st.get("suppressed", 0))
 
 
 PROMETHEUS = web.AppKey("tracker_prometheus", PrometheusState)

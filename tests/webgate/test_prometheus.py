@@ -17,7 +17,7 @@ FAMILIES = {
     "tracker_tasks", "tracker_task_duration_seconds", "tracker_task_queue_wait_seconds",
     "tracker_notification_deliveries", "tracker_recorder_buffered", "tracker_recorder_dropped",
     "tracker_recorder_written", "tracker_bus_dropped", "tracker_bus_sent", "tracker_websocket_connections",
-    "tracker_events_relayed", "tracker_store_up",
+    "tracker_events_relayed", "tracker_store_up", "tracker_notifier_deliveries", "tracker_notifier_stored",
 }
 
 
@@ -114,6 +114,17 @@ async def test_notification_deliveries_by_channel_and_status(gateway, sql):
     user = new_user()
     async with aiohttp.ClientSession() as session:
         before = await scrape(session, gateway.base)
+        # Sent through the notifier: its own counters move once the websocket channel delivered it.
+        r = await Api(session, gateway.api).call("POST", "/notifications", user, json_body={"title": "hi"})
+        assert r.status == 201
+
+        async def delivered() -> bool:
+            now = await scrape(session, gateway.base)
+            return (value(now, "tracker_notifier_stored_total") >= value(before, "tracker_notifier_stored_total") + 1
+                    and value(now, "tracker_notifier_deliveries_total", outcome="sent")
+                    >= value(before, "tracker_notifier_deliveries_total", outcome="sent") + 1)
+
+        await until(delivered, 15)
         sql.execute("INSERT INTO tracker_notifications (user_id, title, channels, delivery) VALUES "
                     "(%s, 't', ARRAY['slack'], %s::jsonb)",
                     (user, json.dumps({"slack": {"status": "failed", "attempts": 5, "last_error": "500"}})))
