@@ -57,11 +57,11 @@ def ensure_attached(level: int | str = logging.INFO) -> None:
     Celery's worker may replace root handlers when it sets up logging, so this is
     called again at task start; it is a cheap membership test.
     """
-    handler.setLevel(level)
     for logger in (logging.getLogger(), logging.getLogger("celery.task")):
         if handler not in logger.handlers:
+            handler.setLevel(level)
             logger.addHandler(handler)
-        _lower_level(logger, handler.level)
+            _lower_level(logger, handler.level)
 
 
 def _lower_level(logger: logging.Logger, wanted: int) -> None:

@@ -63,6 +63,8 @@ class EventBus(BackgroundWriter):
         self.buffer_max = buffer_max
         #: Pause after a send so that events of a burst share the next pipeline.
         self.linger = 0.002
+        #: Longest sleep of the sender thread: the latest a lifecycle event is sent.
+        self.tick = 0.02
         self._sleeping = False
         self._queue: deque[Event | _Progress] = deque()
         self._last_progress: dict[str, float] = {}
@@ -95,8 +97,8 @@ class EventBus(BackgroundWriter):
                     self._enqueue(held)
                 self._last_progress.pop(task_id, None)
             self._enqueue(event)
-        if self._sleeping:
-            self._wake.set()
+        # Lifecycle events ride the sender's next tick (at most ``tick`` seconds away): waking
+        # it for each one would cost more than the event. Progress wakes it (latency target).
 
     def progress(self, task_id: str, user_id: str | None, ts: float, progress: float,
                  current_step: str | None = None, step_index: int | None = None, total_steps: int | None = None,
@@ -175,7 +177,7 @@ class EventBus(BackgroundWriter):
     def _run(self) -> None:
         next_control = 0.0
         while True:
-            timeout = self._backoff or (self.progress_interval / 2 if self._held else self.control_interval)
+            timeout = self._backoff or (min(self.tick, self.progress_interval / 2) if self._held else self.tick)
             # Publishers set the event only while this thread sleeps (setting it per event costs
             # more than the event): announce the sleep, then look at the queue once more.
             self._sleeping = True
