@@ -268,8 +268,7 @@ def logs(task_id: Any = None, min_level: Any = None, search: Any = None, since: 
         q = q.where(TaskLog.ts < t1)
     search = _opt_str("search", search)
     if search:
-        q = q.where(func.to_tsvector(literal_column("'simple'"), TaskLog.message)
-                    .op("@@")(func.websearch_to_tsquery(literal_column("'simple'"), search)))
+        q = q.where(TaskLog.search.op("@@")(func.websearch_to_tsquery(literal_column("'simple'"), search)))
     if cursor is not None:
         ts, log_id = decode_cursor(cursor, 2)
         if not isinstance(ts, str) or isinstance(log_id, bool) or not isinstance(log_id, int):

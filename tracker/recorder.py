@@ -464,14 +464,14 @@ class Recorder(BackgroundWriter):
         if logs:
             with cur.copy(_LOG_COPY) as cp:
                 for r in logs:
-                    cp.write_row((r[0], _dt(r[1]), r[2], r[3], _clean(r[4]), r[5], r[6], dumps(r[7] or {}),
-                                  _clean(r[8]), dumps(r[9] or [])))
+                    cp.write_row((r[0], _dt(r[1]), r[2], r[3], _clean(r[4]), r[5], r[6],
+                                  dumps(r[7]) if r[7] else "{}", _clean(r[8]), dumps(r[9]) if r[9] else "[]"))
         if progress:
             cur.executemany(_PROGRESS_INSERT, _progress_batches(progress))
         if metrics:
             with cur.copy(_METRIC_COPY) as cp:
                 for r in metrics:
-                    cp.write_row((r[0], r[1], r[2], dumps(r[3] or {}), r[4], r[5], r[6], _dt(r[7])))
+                    cp.write_row((r[0], r[1], r[2], dumps(r[3]) if r[3] else "{}", r[4], r[5], r[6], _dt(r[7])))
         if workers:
             cur.executemany(_WORKER_UPSERT, [(w[0], w[1], w[2], _dt(w[3]), w[4], w[5], w[6]) for w in workers])
         self.written["tasks"] += len(tasks)
