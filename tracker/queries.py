@@ -154,6 +154,22 @@ def _opt_str(name: str, value: Any) -> str | None:
     return value
 
 
+def _in_range(q: Stmt, column: Any, since: Any, until: Any) -> Stmt:
+    """``q`` limited to ``since <= column < until`` (either bound optional)."""
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+    if t0 is not None:
+        q = q.where(column >= t0)
+    if t1 is not None:
+        q = q.where(column < t1)
+    return q
+
+
+def _where_eq(q: Stmt, column: Any, name: str, value: Any) -> Stmt:
+    """``q`` limited to ``column == value`` when ``value`` (a string filter) is given."""
+    value = _opt_str(name, value)
+    return q if value is None else q.where(column == value)
+
+
 # -- tasks -----------------------------------------------------------------------------------------
 def task_columns() -> list[Any]:
     cols = [c for c in Task.__table__.c if c.name not in ("status_ts", "worker_pid", "args", "progress_at")]
@@ -251,21 +267,13 @@ def logs(task_id: Any = None, min_level: Any = None, search: Any = None, since: 
     n = check_limit(limit)
     q = select(TaskLog.id, TaskLog.task_id, TaskLog.ts, TaskLog.level, TaskLog.message, TaskLog.source,
                TaskLog.context, TaskLog.traceback, TaskLog.attachments).select_from(TaskLog)
-    task_id = _opt_str("task_id", task_id)
-    if task_id is not None:
-        q = q.where(TaskLog.task_id == task_id)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(TaskLog.user_id == user_id)
+    q = _where_eq(q, TaskLog.task_id, "task_id", task_id)
+    q = _where_eq(q, TaskLog.user_id, "user_id", user_id)
     if min_level is not None:
         q = q.where(TaskLog.levelno >= level_number(min_level))
     if level is not None:
         q = q.where(TaskLog.levelno == level_number(level))
-    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
-    if t0 is not None:
-        q = q.where(TaskLog.ts >= t0)
-    if t1 is not None:
-        q = q.where(TaskLog.ts < t1)
+    q = _in_range(q, TaskLog.ts, since, until)
     search = _opt_str("search", search)
     if search:
         q = q.where(TaskLog.search.op("@@")(func.websearch_to_tsquery(literal_column("'simple'"), search)))
@@ -289,17 +297,9 @@ def log_cursor(row: Any) -> str:
 
 def log_stats(task_id: Any = None, since: Any = None, until: Any = None, user_id: Any = None) -> Stmt:
     q: Stmt = select(TaskLog.level, func.count().label("count")).select_from(TaskLog)
-    task_id = _opt_str("task_id", task_id)
-    if task_id is not None:
-        q = q.where(TaskLog.task_id == task_id)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(TaskLog.user_id == user_id)
-    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
-    if t0 is not None:
-        q = q.where(TaskLog.ts >= t0)
-    if t1 is not None:
-        q = q.where(TaskLog.ts < t1)
+    q = _where_eq(q, TaskLog.task_id, "task_id", task_id)
+    q = _where_eq(q, TaskLog.user_id, "user_id", user_id)
+    q = _in_range(q, TaskLog.ts, since, until)
     return q.group_by(TaskLog.level)
 
 
@@ -322,20 +322,10 @@ def metrics(name: Any = None, task_id: Any = None, since: Any = None, until: Any
             user_id: Any = None) -> Stmt:
     n = check_limit(limit)
     q = select(Metric.name, Metric.value, Metric.unit, Metric.labels, Metric.task_id, Metric.user_id, Metric.ts)
-    name = _opt_str("name", name)
-    if name is not None:
-        q = q.where(Metric.name == name)
-    task_id = _opt_str("task_id", task_id)
-    if task_id is not None:
-        q = q.where(Metric.task_id == task_id)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(Metric.user_id == user_id)
-    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
-    if t0 is not None:
-        q = q.where(Metric.ts >= t0)
-    if t1 is not None:
-        q = q.where(Metric.ts < t1)
+    q = _where_eq(q, Metric.name, "name", name)
+    q = _where_eq(q, Metric.task_id, "task_id", task_id)
+    q = _where_eq(q, Metric.user_id, "user_id", user_id)
+    q = _in_range(q, Metric.ts, since, until)
     return q.order_by(Metric.ts.desc(), Metric.id.desc()).limit(n)
 
 
@@ -362,17 +352,9 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
     else:
         value = func.percentile_cont(int(agg[1:]) / 100.0).within_group(Metric.value)
     q = select(start, value.label("value")).where(Metric.name == name)
-    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
-    if t0 is not None:
-        q = q.where(Metric.ts >= t0)
-    if t1 is not None:
-        q = q.where(Metric.ts < t1)
-    task_type = _opt_str("task_type", task_type)
-    if task_type is not None:
-        q = q.where(Metric.task_type == task_type)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(Metric.user_id == user_id)
+    q = _in_range(q, Metric.ts, since, until)
+    q = _where_eq(q, Metric.task_type, "task_type", task_type)
+    q = _where_eq(q, Metric.user_id, "user_id", user_id)
     return q.group_by(text("1")).order_by(text("1"))
 
 
@@ -459,9 +441,7 @@ def stats(since: Any = None, until: Any = None, group_by: Any = "task_type", use
         q = q.where(Task.created_at >= t0)
     if t1 is not None:
         q = q.where(Task.created_at < t1)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(Task.user_id == user_id)
+    q = _where_eq(q, Task.user_id, "user_id", user_id)
     if group_by:
         q = q.group_by(_GROUPS[group_by]).order_by(_GROUPS[group_by])
     return q
@@ -477,9 +457,7 @@ def notifications(user_id: Any = None, unread: Any = None, limit: Any = None, cu
                   type: Any = None, priority: Any = None) -> Stmt:
     n = check_limit(limit)
     q = select(*notification_columns())
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(Notification.user_id == user_id)
+    q = _where_eq(q, Notification.user_id, "user_id", user_id)
     if unread is not None:
         if not isinstance(unread, bool):
             raise TypeError("unread must be a boolean")
@@ -503,9 +481,7 @@ def notification_stats(user_id: Any = None) -> Stmt:
         func.count().filter(Notification.priority == "urgent").label("urgent"),
         func.count().filter(Notification.priority == "high").label("high"),
     ).select_from(Notification)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(Notification.user_id == user_id)
+    q = _where_eq(q, Notification.user_id, "user_id", user_id)
     return q
 
 
@@ -542,9 +518,7 @@ def task_metrics(task_id: str, name: Any = None, limit: Any = None) -> Stmt:
     n = check_limit(limit)
     q = select(Metric.name, Metric.value, Metric.unit, Metric.labels, Metric.task_id, Metric.user_id, Metric.ts)
     q = q.where(Metric.task_id == task_id)
-    name = _opt_str("name", name)
-    if name is not None:
-        q = q.where(Metric.name == name)
+    q = _where_eq(q, Metric.name, "name", name)
     return q.order_by(Metric.ts, Metric.id).limit(n)
 
 
@@ -563,17 +537,9 @@ def throughput_series(bucket: Any = "5m", since: Any = None, until: Any = None, 
     q = select(start, Task.task_type, func.count().label("finished"),
                func.count().filter(Task.status == "failed").label("failed"))
     q = q.where(Task.finished_at.is_not(None))
-    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
-    if t0 is not None:
-        q = q.where(Task.finished_at >= t0)
-    if t1 is not None:
-        q = q.where(Task.finished_at < t1)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(Task.user_id == user_id)
-    task_type = _opt_str("task_type", task_type)
-    if task_type is not None:
-        q = q.where(Task.task_type == task_type)
+    q = _in_range(q, Task.finished_at, since, until)
+    q = _where_eq(q, Task.user_id, "user_id", user_id)
+    q = _where_eq(q, Task.task_type, "task_type", task_type)
     return q.group_by(text("1"), Task.task_type).order_by(text("1"), Task.task_type)
 
 
@@ -588,17 +554,9 @@ def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, 
     dow = cast(extract("isodow", local), Integer).label("dow")
     hour = cast(extract("hour", local), Integer).label("hour")
     q: Stmt = select(dow, hour, func.count().label("count"))
-    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
-    if t0 is not None:
-        q = q.where(Task.created_at >= t0)
-    if t1 is not None:
-        q = q.where(Task.created_at < t1)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(Task.user_id == user_id)
-    task_type = _opt_str("task_type", task_type)
-    if task_type is not None:
-        q = q.where(Task.task_type == task_type)
+    q = _in_range(q, Task.created_at, since, until)
+    q = _where_eq(q, Task.user_id, "user_id", user_id)
+    q = _where_eq(q, Task.task_type, "task_type", task_type)
     return q.group_by(text("1"), text("2"))
 
 
@@ -662,9 +620,7 @@ def dashboard_columns() -> list[Any]:
 def dashboards(user_id: Any = None, limit: Any = None, cursor: Any = None) -> Stmt:
     n = check_limit(limit)
     q = select(*dashboard_columns())
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        q = q.where(Dashboard.user_id == user_id)
+    q = _where_eq(q, Dashboard.user_id, "user_id", user_id)
     if cursor is not None:
         (last_id,) = decode_cursor(cursor, 1)
         if isinstance(last_id, bool) or not isinstance(last_id, int):
