@@ -83,12 +83,18 @@ async def test_owner_pauses_resumes_and_cancels_a_running_task_over_the_socket(g
 
 async def test_group_topic_combines_the_canvas_members_progress(gateway, worker, tracked_app, rdb, tracker):
     me = uid()
-    info = rdb.xinfo_stream(tracker.config.stream_key)
-    start = info["last-generated-id"].decode()
+    # Where the stream stands now ("0-0" when this test is the first to write to it).
+    last = rdb.xrevrange(tracker.config.stream_key, count=1)
+    start = last[0][0].decode() if last else "0-0"
     with tracking_context(user_id=me):
         res = group(feed_steps.s(5, 0.05) for _ in range(3)).apply_async(queue=worker.queue)
         other = feed_steps.apply_async((3, 0.01), queue=worker.queue)  # same user, not in the group
     members = {r.id for r in res.results}
+    # Group topics are authorised from the store: wait for the publisher's rows (one flush).
+    for _ in range(100):
+        if tracker.count(group_id=res.id, user_id=me) == len(members):
+            break
+        await asyncio.sleep(0.05)
     async with ws_connect(url(gateway, me)) as ws:
         # Subscribed after the publish: resume from before it replays what already happened.
         await ws.send(json.dumps({"op": "subscribe", "topic": f"group:{res.id}", "since": start}))
