@@ -203,7 +203,7 @@ def _reject_constant(name: str) -> Any:
 async def _parse_body(request: web.Request, op: Operation) -> Any:
     assert op.body is not None
     raw = await request.read()  # aiohttp answers 413 beyond client_max_size
-    if not raw.strip():
+    if not raw.strip(b" \t\r\n"):  # JSON's whitespace only: a form feed is not "no body"
         if op.body_required:
             raise SchemaError("a JSON body is required")
         return validate(op.body, {}, "body")
