@@ -26,7 +26,7 @@ from tracker.migrate import upgrade
 from tracker.services import PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "test-secret"
+SECRET = "test-secret-of-the-celery-tracking-suite"  # >= 32 bytes, as HS256 wants
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
