@@ -78,6 +78,10 @@ def _update_sql() -> str:
                         "THEN ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) ELSE t.tags END")
         elif f == "result":
             sets.append("result = COALESCE(u.result::jsonb, t.result)")
+        elif f in ("error_type", "error_message", "traceback"):
+            # A run that completes (after a retry) clears the error of the attempt before it.
+            sets.append(f"{f} = CASE WHEN u.status = 'completed' AND {newer} THEN u.{f} "
+                        f"ELSE COALESCE(u.{f}, t.{f}) END")
         elif f == "updated_at":
             sets.append("updated_at = GREATEST(t.updated_at, COALESCE(to_timestamp(u.updated_at), now()))")
         elif f in _TS_FIELDS:

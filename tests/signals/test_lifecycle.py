@@ -51,6 +51,8 @@ def test_retry_then_success(tracked_app, worker, tracker):
     assert rec.status == "completed"
     assert rec.retries == 1
     assert rec.result == "ok"
+    # The error of the retried attempt does not stick to the completed task.
+    assert (rec.error_type, rec.error_message, rec.traceback) == (None, None, None)
 
 
 def test_published_but_never_consumed_is_pending(tracked_app, tracker):
