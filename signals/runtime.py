@@ -69,6 +69,7 @@ class Runtime:
         self.active: dict[str, ActiveTask] = {}
         self._next_heartbeat = 0.0
         self._proc: Any = None
+        self._tracker: Any = None
 
     def _tick(self) -> None:
         """Called from the recorder thread about once a second."""
@@ -100,11 +101,23 @@ class Runtime:
         if rss is not None:
             self.reporter.metric("worker.rss_bytes", float(rss), unit="bytes", labels=labels, publish=False)
 
+    @property
+    def tracker(self) -> Any:
+        """A ``Tracker`` on this configuration, for the rare synchronous calls a task makes
+        itself (``TrackedTask.notify``); created on first use."""
+        if self._tracker is None:
+            from tracker.api import Tracker
+
+            self._tracker = Tracker(config=self.config)
+        return self._tracker
+
     def flush(self, timeout: float = 10.0) -> bool:
         return self.reporter.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         self.reporter.close(timeout)
+        if self._tracker is not None:
+            self._tracker.close()
 
 
 _lock = threading.Lock()

@@ -239,6 +239,27 @@ class TrackedTask(Task):  # type: ignore[misc]
         active.runtime.reporter.metric(name, v, unit=unit, labels=labels, task_id=active.task_id,
                                        task_type=active.task_type, user_id=active.user_id)
 
+    def notify(self, title: str, message: str = "", *, user_id: str | None = None, type: str = "info",
+               priority: str = "normal", channels: Any = ("websocket",), action_url: str | None = None,
+               metadata: dict[str, Any] | None = None) -> Any:
+        """Send a custom notification about this task, to its user unless ``user_id`` is given.
+
+        Stored at once (one write: this is for rare, meaningful messages, not per item) and
+        delivered on ``channels`` by a running gateway. Returns the ``NotificationRecord``;
+        outside a worker it only validates and returns None.
+        """
+        from tracker import notify as nt
+
+        active = self._active()
+        target = user_id if user_id is not None else (active.user_id if active else None)
+        fields = {"user_id": target, "title": title, "message": message, "type": type, "priority": priority,
+                  "channels": channels, "task_id": active.task_id if active else None, "action_url": action_url,
+                  "metadata": metadata}
+        nt.check_notifications([fields])
+        if active is None:
+            return None
+        return active.runtime.tracker.notify(**fields)
+
     # -- control ---------------------------------------------------------------------------
     def checkpoint(self) -> None:
         """Honour pause and cancel without reporting progress."""

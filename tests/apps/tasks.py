@@ -161,3 +161,11 @@ def feed_steps(self: TrackedTask, n: int, delay: float = 0.02) -> int:
         self.progress(i * 100.0 / n, step=f"step {i}", step_index=i, total_steps=n)
     self.log.info("feed steps done")
     return n
+
+
+@app.task(name="tests.announce", base=TrackedTask, bind=True)
+def announce(self: TrackedTask, title: str) -> int:
+    """Sends a custom notification from task code."""
+    record = self.notify(title, "rows are ready", type="success", priority="high",
+                         metadata={"rows": 3})
+    return int(record.id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from signals import tracking_context
 from tests.conftest import wait_for
 
@@ -125,3 +127,22 @@ def test_eta_before_any_progress_comes_from_the_median_run_time(tracked_app, mak
     # tests.sleep never reports progress: the estimate is the median of its recent runs.
     assert running.eta_seconds is not None and 0.25 <= running.eta_seconds <= 0.6
     assert _done(tracker, res.id).status == "completed"
+
+
+def test_a_task_notifies_its_user(tracked_app, worker, tracker):
+    from tests.apps.tasks import announce
+
+    me = f"notified-{uuid.uuid4().hex[:8]}"
+    with tracking_context(user_id=me):
+        res = announce.apply_async(("import finished",), queue=worker.queue)
+    rec = _done(tracker, res.id)
+    assert rec.status == "completed", rec.error_message
+    (note,) = tracker.notifications(user_id=me)
+    assert note.id == rec.result
+    assert (note.title, note.message, note.type, note.priority, note.task_id, note.metadata) == (
+        "import finished", "rows are ready", "success", "high", res.id, {"rows": 3})
+    assert note.is_read is False
+    # Outside a worker the same call only validates its input.
+    with pytest.raises(ValueError):
+        announce.notify("")
+    assert announce.notify("fine") is None
