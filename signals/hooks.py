@@ -25,7 +25,7 @@ from signals.context import TrackingContext, current_context, from_headers, to_h
 from signals.runtime import ActiveTask, Runtime, close_runtime, runtime_for, shutdown_all
 from signals.runtime import runtime_key as _runtime_key
 from tracker.config import TrackerConfig
-from tracker.events import dumps
+from tracker.events import RawJSON, dumps
 
 __all__ = ["install", "uninstall", "is_installed", "config_for", "runtime_for_app", "TaskCancelled"]
 
@@ -82,9 +82,20 @@ def runtime_for_app(app: Any = None) -> Runtime | None:
     return runtime_for(config) if config is not None else None
 
 
+#: id(app) -> (pid, runtime): the lookup runs in three hooks of every task.
+_runtime_cache: dict[int, tuple[int, Runtime | None]] = {}
+
+
 def _runtime(sender: Any) -> Runtime | None:
     app = getattr(sender, "app", None) if sender is not None and not isinstance(sender, str) else None
-    return runtime_for_app(app)
+    key = id(app)
+    cached = _runtime_cache.get(key)
+    pid = os.getpid()
+    if cached is not None and cached[0] == pid:
+        return cached[1]
+    rt = runtime_for_app(app)
+    _runtime_cache[key] = (pid, rt)
+    return rt
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -100,13 +111,18 @@ def _maxrss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+_PLAIN = (type(None), bool, int, float)
+
+
 def _jsonable_result(value: Any) -> Any:
+    """The result as stored: plain values as they are, anything else as JSON text encoded
+    once here (the Recorder passes :class:`RawJSON` through), bounded in size."""
+    if isinstance(value, _PLAIN) or (isinstance(value, str) and len(value) <= _RESULT_LIMIT):
+        return value
     text = dumps(value)
     if len(text) > _RESULT_LIMIT:
         return {"truncated": True, "repr": text[:_RESULT_LIMIT]}
-    import json
-
-    return json.loads(text)
+    return RawJSON(text)
 
 
 def _error_fields(exc: BaseException | None, einfo: Any = None, trace: Any = None) -> dict[str, Any]:
@@ -270,7 +286,8 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
     if rt is None:
         return
     request = task.request
-    ctx = from_headers(request)
+    # Celery puts custom message headers among the request's attributes: read its __dict__.
+    ctx = from_headers(getattr(request, "__dict__", None) or request)
     name = task.name
     task_type = _task_type(ctx, task, name) or name
     tags = tuple(dict.fromkeys((*getattr(task, "tracker_tags", ()), *ctx.tags)))
@@ -459,6 +476,7 @@ def install(app: Any) -> None:
     config = TrackerConfig.from_celery(app)
     with _lock:
         _installed[id(app)] = (app, config)
+        _runtime_cache.clear()
         if not _connected:
             for signal, receiver in _RECEIVERS:
                 signal.connect(receiver, weak=False, dispatch_uid=_uid(receiver))
@@ -469,6 +487,7 @@ def uninstall(app: Any = None) -> None:
     """Undo :func:`install` for ``app`` (all apps when None); receivers go with the last one."""
     global _connected
     with _lock:
+        _runtime_cache.clear()
         if app is None:
             removed = [entry[1] for entry in _installed.values()]
             _installed.clear()

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "EVENT_TYPES", "TERMINAL_EVENTS", "Event", "encode", "decode", "dumps"]
+__all__ = ["SCHEMA_VERSION", "EVENT_TYPES", "TERMINAL_EVENTS", "Event", "encode", "decode", "dumps", "RawJSON"]
 
 SCHEMA_VERSION = 1
 
@@ -36,6 +36,10 @@ STATUS_EVENTS = {
     "failed": "task.failed",
     "cancelled": "task.cancelled",
 }
+
+
+class RawJSON(str):
+    """Text that is already JSON: written to the store as it is, not encoded again."""
 
 
 def dumps(value: Any) -> str:

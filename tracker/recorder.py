@@ -24,7 +24,7 @@ from psycopg.pq import Format
 
 from tracker.background import BackgroundWriter
 from tracker.config import psycopg_url
-from tracker.events import dumps
+from tracker.events import RawJSON, dumps
 
 __all__ = ["Recorder", "TASK_FIELDS"]
 
@@ -124,7 +124,8 @@ def _task_columns(ids: list[str], tasks: dict[str, dict[str, Any]]) -> list[list
     states = [tasks[i] for i in ids]
     for f in TASK_FIELDS:
         if f in _JSON_TEXT_FIELDS:
-            columns.append([None if (v := st.get(f)) is None else dumps(v) for st in states])
+            columns.append([None if (v := st.get(f)) is None else v if isinstance(v, RawJSON) else dumps(v)
+                            for st in states])
         elif f in _FLOAT_FIELDS:
             # One Python type per array: psycopg adapts a list by its elements' type.
             columns.append([None if (v := st.get(f)) is None else float(v) for st in states])
