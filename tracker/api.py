@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import IO, Any, TypeVar
 
 import redis
-from sqlalchemy import Engine, create_engine, func, update
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import Row
 
 from tracker import control
@@ -21,7 +21,6 @@ from tracker import queries as q
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.events import Event, decode
-from tracker.models import Notification
 from tracker.recorder import Recorder
 from tracker.records import LogRecord, MetricRecord, NotificationRecord, ProgressPoint, TaskRecord, to_jsonable
 from tracker.reporter import Reporter
@@ -193,15 +192,8 @@ class Tracker:
 
     def mark_read(self, notification_id: int, user_id: str | None = None) -> bool:
         """Mark a notification read (only ``user_id``'s when given); False if there is none."""
-        if isinstance(notification_id, bool) or not isinstance(notification_id, int):
-            raise TypeError("notification_id must be an integer")
-        stmt = update(Notification).where(Notification.id == notification_id)
-        if user_id is not None:
-            stmt = stmt.where(Notification.user_id == user_id)
-        stmt = stmt.values(is_read=True, read_at=func.coalesce(Notification.read_at, func.now()))
         with self.engine.begin() as conn:
-            row = conn.execute(stmt.returning(Notification.id)).first()
-        return row is not None
+            return conn.execute(q.mark_notification_read(notification_id, user_id)).first() is not None
 
     def mark_unread(self, notification_id: int, user_id: str | None = None) -> bool:
         """Mark a notification unread again (only ``user_id``'s when given); False if there is none."""

@@ -560,47 +560,34 @@ def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, 
     return q.group_by(text("1"), text("2"))
 
 
-def notification_by_id(notification_id: int, user_id: Any = None) -> Stmt:
-    """One notification; with ``user_id`` only if it is that user's."""
+def _one_notification(stmt: Any, notification_id: Any, user_id: Any) -> Any:
+    """``stmt`` limited to one notification id (an integer), and to ``user_id``'s when given."""
     if isinstance(notification_id, bool) or not isinstance(notification_id, int):
         raise TypeError("notification_id must be an integer")
-    q = select(*notification_columns()).where(Notification.id == notification_id)
-    user_id = _opt_str("user_id", user_id)
-    return q if user_id is None else q.where(Notification.user_id == user_id)
+    return _where_eq(stmt.where(Notification.id == notification_id), Notification.user_id, "user_id", user_id)
+
+
+def notification_by_id(notification_id: int, user_id: Any = None) -> Stmt:
+    """One notification; with ``user_id`` only if it is that user's."""
+    return _one_notification(select(*notification_columns()), notification_id, user_id)
 
 
 def mark_notification_read(notification_id: int, user_id: Any = None) -> Any:
     """Mark read (keeping the first read time); returns the updated row."""
-    if isinstance(notification_id, bool) or not isinstance(notification_id, int):
-        raise TypeError("notification_id must be an integer")
-    stmt = update(Notification).where(Notification.id == notification_id)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        stmt = stmt.where(Notification.user_id == user_id)
+    stmt = _one_notification(update(Notification), notification_id, user_id)
     stmt = stmt.values(is_read=True, read_at=func.coalesce(Notification.read_at, func.now()))
     return stmt.returning(*notification_columns())
 
 
 def mark_notification_unread(notification_id: int, user_id: Any = None) -> Any:
     """Mark unread again; returns the updated row."""
-    if isinstance(notification_id, bool) or not isinstance(notification_id, int):
-        raise TypeError("notification_id must be an integer")
-    stmt = update(Notification).where(Notification.id == notification_id)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        stmt = stmt.where(Notification.user_id == user_id)
+    stmt = _one_notification(update(Notification), notification_id, user_id)
     return stmt.values(is_read=False, read_at=None).returning(*notification_columns())
 
 
 def delete_notification(notification_id: int, user_id: Any = None) -> Any:
     """Delete one notification (only ``user_id``'s when given); returns its id when one matched."""
-    if isinstance(notification_id, bool) or not isinstance(notification_id, int):
-        raise TypeError("notification_id must be an integer")
-    stmt = delete(Notification).where(Notification.id == notification_id)
-    user_id = _opt_str("user_id", user_id)
-    if user_id is not None:
-        stmt = stmt.where(Notification.user_id == user_id)
-    return stmt.returning(Notification.id)
+    return _one_notification(delete(Notification), notification_id, user_id).returning(Notification.id)
 
 
 def undelivered_notifications(created_after: datetime, created_before: datetime, limit: int = 500) -> Stmt:
