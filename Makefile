@@ -11,9 +11,11 @@ setup:
 demo: setup
 	$(VENV)/bin/tracker demo
 
-## The whole test suite against real servers, workers and a real browser.
+## The whole test suite against real servers, workers and a real browser, then the installed
+## shape: the wheel in a fresh virtualenv with no extras, run from outside the checkout.
 test: setup
 	$(PY) -m pytest -q tests
+	bash scripts/wheel_smoke.sh
 
 ## Benchmarks: prints ratios against baselines measured in the same run.
 bench: setup

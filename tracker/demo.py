@@ -2,7 +2,7 @@
 
 With no server URLs configured it starts throw-away PostgreSQL and Redis from the local
 binaries, migrates, starts a real prefork worker and the gateway as subprocesses, publishes
-the example workload of :mod:`examples.demo_app`, prints the dashboard URL with an admin
+the example workload of :mod:`tracker.demo_app`, prints the dashboard URL with an admin
 token and shows live progress until Ctrl-C (or ``--once`` / ``--duration``). Everything it
 started is stopped in reverse order on the way out, whatever the reason: SIGINT, SIGTERM, an
 error or the end of the run.
@@ -33,17 +33,9 @@ from rich.console import Console
 from tracker.cli import main
 from tracker.services import PostgresServer, RedisServer, free_port
 
-__all__ = ["demo", "project_root", "Child"]
+__all__ = ["demo", "Child"]
 
 _TERMINAL = ("completed", "failed", "cancelled")
-
-
-def project_root() -> Path:
-    """The checkout holding ``examples/demo_app.py`` (this package's parent, else the cwd)."""
-    for candidate in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (candidate / "examples" / "demo_app.py").exists():
-            return candidate
-    raise click.ClickException("examples/demo_app.py not found: run `tracker demo` from the celery-tracking checkout")
 
 
 class Child:
@@ -189,7 +181,6 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
          concurrency: int, port: int, timeout: float, workdir: str | None) -> bool:
     started = time.monotonic()
     stop_at = started + duration if duration is not None else None
-    root = project_root()
     if workdir:
         work = Path(workdir)
         work.mkdir(parents=True, exist_ok=True)
@@ -229,10 +220,7 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
         "TRACKER_DEMO_SCALE": repr(scale),
     }
     os.environ.update(env_updates)
-    pythonpath = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
-    child_env = {**os.environ, **env_updates, "PYTHONPATH": pythonpath}
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    child_env = {**os.environ, **env_updates}
 
     run = uuid.uuid4().hex[:8]
     run_tag = f"demo-{run}"
@@ -246,23 +234,23 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
     base = f"http://127.0.0.1:{port}"
 
     worker = Child("worker", [
-        sys.executable, "-m", "celery", "-A", "examples.demo_app", "worker", "-P", "prefork", "-c", str(concurrency),
+        sys.executable, "-m", "celery", "-A", "tracker.demo_app", "worker", "-P", "prefork", "-c", str(concurrency),
         "-Q", queue, "-n", f"demo-{run}@%h", "--without-mingle", "--without-gossip", "-l", "INFO",
         "--logfile", str(work / "worker.log"),
-    ], child_env, root, work / "worker.out")
+    ], child_env, work, work / "worker.out")
     stack.callback(worker.stop)
     gateway = Child("gateway", [
-        sys.executable, "-m", "tracker.cli", "--app", "examples.demo_app", "gateway", "--host", "127.0.0.1",
+        sys.executable, "-m", "tracker.cli", "--app", "tracker.demo_app", "gateway", "--host", "127.0.0.1",
         "--port", str(port), "--no-migrate",
-    ], child_env, root, work / "gateway.log")
+    ], child_env, work, work / "gateway.log")
     stack.callback(gateway.stop, 15.0)
     console.print("starting a prefork worker and the gateway...")
     worker_log = work / "worker.log"
     worker.wait_until(lambda: worker_log.exists() and "ready." in worker_log.read_text(errors="replace"), 90)
     gateway.wait_until(lambda: _healthy(base), 60)
 
-    from examples import demo_app
     from signals.runtime import shutdown_all
+    from tracker import demo_app
     from tracker.api import Tracker
     from tracker.demo_view import LiveView, render_summary, stream_tail
     from webgate.auth import make_token
@@ -276,7 +264,7 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
 
     token = make_token(secret, "admin", admin=True, ttl=24 * 3600)
     console.print()
-    console.print(f"[bold]Dashboard:[/bold] {base}/?token={token}", soft_wrap=True)
+    console.print(f"[bold]Dashboard:[/bold] {base}/#token={token}", soft_wrap=True)
     console.print(f"REST API:  {base}/api/v1/progress/tasks  (header Authorization: Bearer <token>)")
     console.print(f"WebSocket: ws://127.0.0.1:{port}/api/v1/progress/ws?token=<token>")
     console.print(f"Database:  {database_url}")
@@ -324,7 +312,7 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
     if once:
         return all_ok
     console.print()
-    console.print(f"[bold]Still serving[/bold] the dashboard at {base}/?token={token}", soft_wrap=True)
+    console.print(f"[bold]Still serving[/bold] the dashboard at {base}/#token={token}", soft_wrap=True)
     console.print("Press Ctrl-C to stop." if stop_at is None else f"Stopping after {duration:g}s.")
     while stop_at is None or time.monotonic() < stop_at:
         if not worker.alive() or not gateway.alive():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from tracker.api import Tracker
 from tracker.events import Event
@@ -172,13 +173,25 @@ def _seconds(rec: TaskRecord) -> str:
     return f"{(rec.finished_at - rec.started_at).total_seconds():.2f}"
 
 
-def summary_table(records: list[TaskRecord], counts: dict[str, StoredCounts], title: str) -> Table:
-    """One row per stored task record with what was stored about it."""
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for col, just in (("task id", "left"), ("name", "left"), ("user", "left"), ("status", "left"),
-                      ("progress", "right"), ("retries", "right"), ("logs", "right"), ("points", "right"),
-                      ("metrics", "right"), ("run s", "right"), ("error", "left")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+#: The summary's columns: (header, justify, priority). On a narrow terminal the columns with the
+#: highest priority number go first; what is left is cut with an ellipsis, never wrapped.
+_SUMMARY_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("task id", "left", 0), ("name", "left", 0), ("user", "left", 3), ("status", "left", 0),
+    ("progress", "right", 1), ("retries", "right", 4), ("logs", "right", 2), ("points", "right", 5),
+    ("metrics", "right", 5), ("run s", "right", 3), ("error", "left", 1),
+)
+#: Columns that may be cut to fit (the others are short figures, shown whole or dropped).
+_ELASTIC = frozenset({"task id", "name", "user", "error"})
+_MIN_ELASTIC = 8
+#: Which text column gets spare room first.
+_ELASTIC_ORDER = ("name", "error", "user", "task id")
+
+
+def summary_table(records: list[TaskRecord], counts: dict[str, StoredCounts], title: str,
+                  width: int | None = None) -> Table:
+    """One row per stored task record with what was stored about it, fitted to ``width`` columns
+    (the console's width when printed): one line per row whatever the terminal."""
+    rows: list[list[str]] = []
     totals = [0, 0, 0]
     for rec in records:
         c = counts.get(rec.task_id, StoredCounts(0, 0, 0))
@@ -186,11 +199,54 @@ def summary_table(records: list[TaskRecord], counts: dict[str, StoredCounts], ti
         style = _STATUS_STYLE.get(rec.status, "white")
         # A task that completed after a retry keeps the retry's reason: not an error of the run.
         error = f"{rec.error_type}: {rec.error_message}" if rec.error_type and rec.status != "completed" else ""
-        table.add_row(rec.task_id, rec.name or "-", rec.user_id or "-", f"[{style}]{rec.status}[/{style}]",
-                      f"{rec.progress:.0f}%", str(rec.retries), str(c.logs), str(c.progress), str(c.metrics),
-                      _seconds(rec), error[:60])
+        rows.append([rec.task_id, rec.name or "-", rec.user_id or "-", f"[{style}]{rec.status}[/{style}]",
+                     f"{rec.progress:.0f}%", str(rec.retries), str(c.logs), str(c.progress), str(c.metrics),
+                     _seconds(rec), error[:60]])
+    total_row = ["total", f"{len(records)} tasks", "", "", "", "", *(str(t) for t in totals), "", ""]
+
+    def natural(i: int) -> int:
+        header = _SUMMARY_COLUMNS[i][0]
+        cells = [Text.from_markup(r[i]).cell_len for r in (*rows, total_row)]
+        return max([len(header), *cells])
+
+    keep = list(range(len(_SUMMARY_COLUMNS)))
+    elastic_width: dict[int, int] = {}
+    if width is not None:
+        # Each column costs its content plus 3 cells of padding and rule; the table 1 more. Figures
+        # are shown whole; the text columns share what is left, at least _MIN_ELASTIC cells each.
+        def fixed(cols: list[int]) -> int:
+            return 1 + sum(3 + (0 if _SUMMARY_COLUMNS[i][0] in _ELASTIC else natural(i)) for i in cols)
+
+        def fits(cols: list[int]) -> bool:
+            # Names are what a reader scans for: a layout fits when they are shown whole.
+            return fixed(cols) + sum(natural(i) if _SUMMARY_COLUMNS[i][0] == "name" else min(natural(i), _MIN_ELASTIC)
+                                     for i in cols if _SUMMARY_COLUMNS[i][0] in _ELASTIC) <= width
+        for prio in range(max(c[2] for c in _SUMMARY_COLUMNS), 0, -1):
+            if fits(keep):
+                break
+            keep = [i for i in keep if _SUMMARY_COLUMNS[i][2] < prio]
+        elastic = [i for i in keep if _SUMMARY_COLUMNS[i][0] in _ELASTIC]
+        # Minimums first, then what is left in order of use: whole names before whole ids.
+        room = max(0, width - fixed(keep))
+        elastic_width = {i: min(natural(i), _MIN_ELASTIC) for i in elastic}
+        room -= sum(elastic_width.values())
+        for header in _ELASTIC_ORDER:
+            for i in elastic:
+                if _SUMMARY_COLUMNS[i][0] == header and room > 0:
+                    extra = min(natural(i) - elastic_width[i], room)
+                    elastic_width[i] += extra
+                    room -= extra
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for i in keep:
+        header, just, _ = _SUMMARY_COLUMNS[i]
+        cut = elastic_width.get(i)
+        table.add_column(header, justify=just, no_wrap=True,  # type: ignore[arg-type]
+                         overflow="ellipsis", min_width=cut if cut is not None else natural(i),
+                         max_width=cut if cut is not None else None)
+    for r in rows:
+        table.add_row(*(r[i] for i in keep))
     table.add_section()
-    table.add_row("total", f"{len(records)} tasks", "", "", "", "", *(str(t) for t in totals), "", "")
+    table.add_row(*(total_row[i] for i in keep))
     return table
 
 
@@ -202,5 +258,5 @@ def render_summary(console: Console, tracker: Tracker, task_ids: list[str], run_
     wanted = set(task_ids)
     records = [r for r in records if r.task_id in wanted]
     counts = {r.task_id: stored_counts(tracker, r.task_id) for r in records}
-    console.print(summary_table(records, counts, f"Stored records of run {run_tag}"))
+    console.print(summary_table(records, counts, f"Stored records of run {run_tag}", width=console.width))
     return records

@@ -204,3 +204,35 @@ def test_banner_while_disconnected_then_live_again(page, gateway_process, tracke
     tracker.flush(10)
     until(page, f"{bar}.getAttribute('aria-valuenow') === '80.0'", 20)
 
+
+
+def test_sign_in_link_shows_the_table_and_leaves_no_token_in_the_address(page, gateway_process, tracker):
+    gp = gateway_process()
+    user = f"link-{uuid.uuid4().hex[:6]}"
+    token = make_token(user)
+    page.goto(f"{gp.base}/#token={token}")
+    page.wait_for_selector("#app", state="visible")
+    until(page, "document.getElementById('conn').textContent === 'live'")
+    assert page.is_hidden("#login")  # no sign-in form
+    assert page.is_visible("#tasks")  # the live task table
+    href = page.evaluate("location.href")
+    assert token not in href and "token" not in href, href
+    assert page.evaluate("window.trackerDashboard.state.token") == token  # signed in with the link's token
+
+    # A malformed link and an expired one land on the sign-in form with a clear message.
+    page.goto(f"{gp.base}/#token=not-a-jwt")
+    page.reload()
+    page.wait_for_selector("#login-error", state="visible")
+    assert "malformed" in page.inner_text("#login-error")
+    assert "token" not in page.evaluate("location.href")
+    import jwt
+
+    from tests.conftest import SECRET
+
+    expired = jwt.encode({"sub": user, "admin": False, "iat": int(time.time()) - 120, "exp": int(time.time()) - 60},
+                         SECRET, algorithm="HS256")
+    page.evaluate("localStorage.clear()")
+    page.goto(f"{gp.base}/#token={expired}")
+    page.reload()
+    page.wait_for_selector("#login-error", state="visible")
+    assert "expired" in page.inner_text("#login-error")

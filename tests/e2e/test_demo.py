@@ -44,7 +44,7 @@ def _listening(port: int) -> bool:
 
 def _ports(output: str) -> dict[str, int]:
     found = {
-        "gateway": re.search(r"Dashboard: http://127\.0\.0\.1:(\d+)/\?token=", output),
+        "gateway": re.search(r"Dashboard: http://127\.0\.0\.1:(\d+)/#token=", output),
         "database": re.search(r"Database:\s+postgresql://\S+?:(\d+)/", output),
         "redis": re.search(r"Redis:\s+redis://\S+?:(\d+)/", output),
     }
@@ -82,7 +82,7 @@ def test_demo_once_with_throwaway_servers(tmp_path: Path) -> None:
     code, output = _run_once(_env(), tmp_path)
     assert code == 0, output[-4000:]
     assert "starting a throw-away PostgreSQL" in output and "starting a throw-away Redis" in output
-    token = re.search(r"/\?token=(\S+)", output)
+    token = re.search(r"/#token=(\S+)", output)
     assert token is not None
     claims = jwt.decode(token.group(1), options={"verify_signature": False})
     assert claims["admin"] is True and claims["sub"] == "admin"

@@ -623,6 +623,23 @@
     $("chart-range").addEventListener("change", loadCharts);
     setInterval(tick, 1000);
 
+    // A sign-in link (`tracker demo` prints one) carries the token in the fragment, which never
+    // reaches the server or its access log; it is taken out of the address bar at once so it is
+    // neither bookmarked nor left in the history.
+    const linked = new URLSearchParams(location.hash.replace(/^#/, "")).get("token");
+    if (linked !== null) {
+      history.replaceState(null, "", location.pathname + location.search);
+      const who = decodeToken(linked);
+      if (!who) {
+        showLogin("This sign-in link is malformed: paste a token instead.");
+      } else if (who.exp && who.exp * 1000 <= Date.now()) {
+        showLogin("This sign-in link has expired: ask for a new one or paste a token.");
+      } else {
+        signIn(linked).catch((err) => showLogin("This sign-in link did not work: " + err.message));
+      }
+      return;
+    }
+
     const saved = localStorage.getItem(TOKEN_KEY);
     const who = saved && decodeToken(saved);
     if (who && (!who.exp || who.exp * 1000 > Date.now())) {
