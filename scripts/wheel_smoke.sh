@@ -58,4 +58,10 @@ finally:
     pg.cleanup()
     rs.cleanup()
 PY
+echo "wheel smoke: a user's test through the installed pytest plugin"
+"$work/venv/bin/pip" install -q pytest 2>&1 | grep -v '^WARNING: Location' || true
+mkdir "$work/userproj"
+cp "$checkout/tests/e2e/test_user_plugin.py" "$work/userproj/"
+(cd "$work/userproj" && python -m pytest -q -p no:cacheprovider test_user_plugin.py)
+
 echo "wheel smoke: passed"

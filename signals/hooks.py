@@ -288,6 +288,10 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
     request = task.request
     # Celery puts custom message headers among the request's attributes: read its __dict__.
     ctx = from_headers(getattr(request, "__dict__", None) or request)
+    if getattr(request, "is_eager", False) and not (ctx.user_id or ctx.tags or ctx.metadata or ctx.task_type):
+        # An eager task (task_always_eager, .apply()) runs inside its caller: nothing was
+        # published, so no headers carry the caller's tracking_context, but it is still active.
+        ctx = current_context() or ctx
     name = task.name
     task_type = _task_type(ctx, task, name) or name
     tags = tuple(dict.fromkeys((*getattr(task, "tracker_tags", ()), *ctx.tags)))

@@ -1,0 +1,103 @@
+"""A pytest plugin for testing your own tracked tasks (registered under ``pytest11``).
+
+Installed with celery-tracking, it gives every test suite:
+
+- ``tracker_database_url`` / ``tracker_redis_url`` (session): a throw-away PostgreSQL (migrated)
+  and Redis started from the local binaries in a temporary directory, or the servers named by
+  ``TRACKER_TEST_DATABASE_URL`` / ``TRACKER_TEST_REDIS_URL`` when those are set;
+- ``tracker``: a :class:`tracker.Tracker` on them;
+- ``track_app``: ``track_app(app)`` points a Celery app's tracking at them and installs the hooks
+  for one test (uninstalled afterwards); it returns a :class:`TrackedApp` whose ``flush()`` makes
+  everything recorded so far readable, for eager tasks (``task_always_eager=True``) as for
+  ``celery.contrib.pytest``'s in-thread worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tracker.api import Tracker
+from tracker.migrate import upgrade
+from tracker.services import PostgresServer, RedisServer
+
+__all__ = ["TrackedApp", "tracker_database_url", "tracker_redis_url", "tracker", "track_app"]
+
+
+@pytest.fixture(scope="session")
+def tracker_database_url() -> Iterator[str]:
+    """A migrated PostgreSQL for the session (``TRACKER_TEST_DATABASE_URL`` reuses a running one)."""
+    url = os.environ.get("TRACKER_TEST_DATABASE_URL")
+    if url:
+        upgrade(url)
+        yield url
+        return
+    server = PostgresServer().start()
+    try:
+        upgrade(server.url)
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tracker_redis_url() -> Iterator[str]:
+    """A Redis for the session's event stream (``TRACKER_TEST_REDIS_URL`` reuses a running one)."""
+    url = os.environ.get("TRACKER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture()
+def tracker(tracker_database_url: str, tracker_redis_url: str) -> Iterator[Tracker]:
+    """A :class:`Tracker` on the throw-away store and bus."""
+    t = Tracker(database_url=tracker_database_url, redis_url=tracker_redis_url)
+    yield t
+    t.close()
+
+
+@dataclass
+class TrackedApp:
+    """A Celery app tracked into the test's store, with the :class:`Tracker` that reads it."""
+
+    app: Any
+    tracker: Tracker
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write everything this process recorded so far (tracking batches its writes)."""
+        from signals.hooks import runtime_for_app
+
+        rt = runtime_for_app(self.app)
+        return rt.flush(timeout) if rt is not None else True
+
+
+@pytest.fixture()
+def track_app(tracker_database_url: str, tracker_redis_url: str) -> Iterator[Callable[[Any], TrackedApp]]:
+    """``track_app(app)``: track ``app`` into the test's store for this test."""
+    import signals  # the hooks are only needed by tests that track an app
+
+    installed: list[TrackedApp] = []
+
+    def install(app: Any) -> TrackedApp:
+        app.conf.tracker_database_url = tracker_database_url
+        app.conf.tracker_redis_url = tracker_redis_url
+        signals.install(app)
+        tracked = TrackedApp(app, Tracker.from_celery(app))
+        installed.append(tracked)
+        return tracked
+
+    yield install
+    for tracked in installed:
+        tracked.flush()
+        signals.uninstall(tracked.app)
+        tracked.tracker.close()
