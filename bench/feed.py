@@ -51,7 +51,7 @@ from signals import TrackedTask
 __all__ = ["run", "app"]
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "bench-feed-secret"
+SECRET = "bench-feed-secret-of-the-celery-tracking-suite"  # >= 32 bytes (check_secret)
 WS_PATH = "/api/v1/progress/ws"
 LATENCY_CLIENTS = 1000
 FANOUT_CLIENTS = 1000

@@ -98,8 +98,13 @@ def gateway(ctx: click.Context, host: str, port: int, no_migrate: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = celery_app_from_ctx(ctx)
     config = TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env()
+    from webgate.auth import SecretError, check_secret
     from webgate.notifier import check_config
 
+    try:
+        check_secret(config.secret)
+    except SecretError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         check_config(config)
     except ValueError as exc:
@@ -112,14 +117,19 @@ def gateway(ctx: click.Context, host: str, port: int, no_migrate: bool) -> None:
 @main.command()
 @click.argument("user_id")
 @click.option("--admin", is_flag=True, help="Mint an admin token (sees every user's data).")
-@click.option("--ttl", default=3600, show_default=True, type=int, help="Validity in seconds.")
+@click.option("--ttl", default=3600, show_default=True, type=int,
+              help="Validity in seconds (at most tracker_token_max_ttl, default 7 days).")
 @click.pass_context
 def token(ctx: click.Context, user_id: str, admin: bool, ttl: int) -> None:
     """Print a token for USER_ID (alone on stdout)."""
     from webgate.auth import make_token
 
     config = config_from_ctx(ctx)
-    click.echo(make_token(config.secret, user_id, admin=admin, ttl=ttl))
+    try:
+        minted = make_token(config.secret, user_id, admin=admin, ttl=ttl, max_ttl=config.token_max_ttl)
+    except ValueError as exc:  # SecretError included: a weak TRACKER_SECRET mints nothing
+        raise click.ClickException(str(exc)) from None
+    click.echo(minted)
 
 
 # Commands defined in their own modules attach themselves to ``main``.

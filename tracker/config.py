@@ -9,9 +9,6 @@ from typing import Any
 
 __all__ = ["TrackerConfig", "sqlalchemy_url", "psycopg_url"]
 
-_DEFAULT_SECRET = "change-me"
-
-
 def sqlalchemy_url(url: str) -> str:
     """Return ``url`` with the psycopg 3 driver SQLAlchemy needs."""
     for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgresql://", "postgres://"):
@@ -70,7 +67,10 @@ class TrackerConfig:
     stall_after: float = 300.0
     #: Lowest stdlib log level captured from loggers inside a task.
     log_level: str = "INFO"
-    secret: str = _DEFAULT_SECRET
+    #: Token signing secret: required, at least 32 bytes, no placeholder (webgate.auth.check_secret).
+    secret: str = ""
+    #: Longest token lifetime (seconds) minted or accepted: 7 days.
+    token_max_ttl: int = 604800
     retention_days: float = 30.0
     notifications: list[dict[str, Any]] = field(default_factory=list)
     email: Any = None

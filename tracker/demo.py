@@ -210,8 +210,15 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
     from tracker.migrate import upgrade
 
     upgrade(database_url)
+    from webgate.auth import SecretError, check_secret
+
     secret = os.environ.get("TRACKER_SECRET")
-    if not secret or secret == "change-me":
+    if secret:
+        try:
+            check_secret(secret)  # a user-supplied secret must be strong
+        except SecretError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
         secret = secrets.token_urlsafe(32)  # tokens of this demo only
     env_updates = {
         "TRACKER_DATABASE_URL": database_url,

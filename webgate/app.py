@@ -18,6 +18,7 @@ from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.recorder import Recorder
 from tracker.reporter import Reporter
 from webgate import dashboard, feed, health, notifier, rest
+from webgate.auth import check_secret
 from webgate.errors import error_middleware
 from webgate.keys import CELERY_APP, CONFIG, ENGINE, GATEWAY_ID, REDIS, REPORTER
 
@@ -56,6 +57,7 @@ async def healthz(request: web.Request) -> web.Response:
 def create_app(config: TrackerConfig | None = None, *, celery_app: Any = None) -> web.Application:
     """Build the gateway: WebSocket feed, REST API, notifier, sweeper and dashboard."""
     config = config or TrackerConfig.from_env()
+    check_secret(config.secret)  # SecretError (a ValueError naming TRACKER_SECRET): no weak-secret gateway
     # Long request lines: REST filters may be percent-encoded non-ASCII (12 bytes per character);
     # aiohttp's 8 KiB default would answer such a URL with a plain-text 400 before our handlers.
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY,
@@ -74,8 +76,10 @@ def create_app(config: TrackerConfig | None = None, *, celery_app: Any = None) -
 
 
 def run_gateway(config: TrackerConfig, host: str = "127.0.0.1", port: int = 8765, *, celery_app: Any = None) -> None:
-    """Serve until SIGTERM/SIGINT, then close sockets (1001) and flush writes."""
-    if config.secret == "change-me":
-        logger.warning("TRACKER_SECRET is not set: tokens are signed with a default secret")
+    """Serve until SIGTERM/SIGINT, then close sockets (1001) and flush writes.
+
+    Raises :class:`webgate.auth.SecretError` before serving when ``TRACKER_SECRET`` is weak.
+    """
+    check_secret(config.secret)
     web.run_app(create_app(config, celery_app=celery_app), host=host, port=port, shutdown_timeout=5,
                 access_log=None, print=lambda *a: logger.info(*a) if a else None)

@@ -75,7 +75,7 @@ class Refused(Exception):
 
 # -- the WebSocket endpoint ----------------------------------------------------------------------------
 async def ws_handler(request: web.Request) -> web.StreamResponse:
-    principal = authenticate(request)  # a JSON 401 before the upgrade
+    principal = authenticate(request, allow_query=True)  # a JSON 401 before the upgrade
     app = request.app
     settings = app[FEED_SETTINGS]
     # No compression: the hub writes pre-encoded frames straight to the transport.

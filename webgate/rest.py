@@ -36,6 +36,8 @@ __all__ = ["API", "Call", "Operation", "OPERATIONS", "operation", "reply", "no_c
            "WHEN", "TIME_DOC"]
 
 API = "/api/v1/progress"
+#: Operations (paths under API) that also accept the token as ``?token=``: plain download links.
+QUERY_TOKEN_PATHS = frozenset({"/export/tasks.csv", "/export/tasks.json"})
 
 Schema = dict[str, Any]
 #: (status, description, schema or None, content type)
@@ -184,11 +186,11 @@ def parse_params(values: Mapping[str, str], spec: dict[str, Schema]) -> dict[str
     return out
 
 
-def _parse_query(request: web.Request, spec: dict[str, Schema]) -> dict[str, Any]:
+def _parse_query(request: web.Request, spec: dict[str, Schema], token_in_query: bool = False) -> dict[str, Any]:
     values: dict[str, str] = {}
     for name in set(request.query.keys()):
-        if name == "token":  # the token may come as a query parameter (auth.token_from_request)
-            continue
+        if name == "token" and token_in_query:
+            continue  # the export downloads may take the token as a query parameter
         found = request.query.getall(name)
         if len(found) > 1:
             raise SchemaError(f"query parameter {name!r} given more than once")
@@ -218,10 +220,11 @@ async def _parse_body(request: web.Request, op: Operation) -> Any:
 
 def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
-        principal = authenticate(request) if op.auth else Principal("anonymous")
+        principal = (authenticate(request, allow_query=op.path in QUERY_TOKEN_PATHS) if op.auth
+                     else Principal("anonymous"))
         try:
             path = {k: _parse_param(k, request.match_info.get(k, ""), s) for k, s in op.path_params.items()}
-            query = _parse_query(request, op.query)
+            query = _parse_query(request, op.query, op.path in QUERY_TOKEN_PATHS)
             body = await _parse_body(request, op) if op.body is not None else None
         except SchemaError as exc:
             raise json_error(400, "bad_request", str(exc)) from None
