@@ -399,6 +399,17 @@ class Tracker:
                     yield event
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula: text starting with ``=``, ``+``,
+    ``-``, ``@``, tab or CR gets a leading ``'``."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 class ExportEncoder:
     """Incremental CSV or JSON text of task records: ``start()``, ``rows(batch)``..., ``end()``.
 
@@ -425,8 +436,8 @@ class ExportEncoder:
             writer = csv.writer(buf)
             for rec in records:
                 d = rec.to_dict()
-                writer.writerow([json.dumps(d[f]) if isinstance(d[f], (dict, list))
-                                 else ("" if d[f] is None else d[f]) for f in EXPORT_FIELDS])
+                writer.writerow([csv_cell(json.dumps(d[f]) if isinstance(d[f], (dict, list))
+                                          else ("" if d[f] is None else d[f])) for f in EXPORT_FIELDS])
         else:
             for rec in records:
                 buf.write(("" if self._first else ",\n") + json.dumps(rec.to_dict(), default=str))

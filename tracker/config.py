@@ -88,6 +88,11 @@ class TrackerConfig:
     notify_digest_threshold: int = 5
     #: Per user and window, at most this many rule notifications (0 = no limit); the rest are digested.
     notify_rate_limit: int = 30
+    #: ``GET /metrics`` requires ``Authorization: Bearer <metrics_token>`` when set (open otherwise).
+    metrics_token: str | None = None
+    #: Exports: a reader making no progress for this many seconds is cut; at most this many at once per user.
+    export_write_timeout: float = 30.0
+    export_max_concurrent: int = 2
 
     @classmethod
     def _read(cls, getter: Any) -> TrackerConfig:

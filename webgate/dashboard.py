@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import hashlib
 import importlib.util
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,20 @@ DASHBOARD_FILES = {
 }
 # The page talks only to its own origin (REST and WebSocket); Plotly sets inline styles.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-        "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Content-Security-Policy": _CSP}
+        "connect-src {connect}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+#: A Host header that may be named in the policy: host name, IPv4 or [IPv6], optional port.
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
+
+
+def csp(request: web.Request) -> str:
+    """The page's policy: ``connect-src`` is its own origin only. CSP Level 3 ``'self'`` covers the
+    same host's ws:/wss:; browsers that predate it get that one host's WebSocket origin named."""
+    connect = "'self'"
+    host = request.headers.get("Host", "")
+    if _HOST.fullmatch(host):
+        connect += f" wss://{host}" if request.secure else f" ws://{host} wss://{host}"
+    return _CSP.format(connect=connect)
 
 
 def plotly_js_path() -> Path:
@@ -53,7 +66,8 @@ _PLOTLY = web.AppKey("tracker_dashboard_plotly", dict)
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(STATIC / "dashboard.html", headers={**_HEADERS, "Cache-Control": "no-cache",
+    return web.FileResponse(STATIC / "dashboard.html", headers={**_HEADERS, "Content-Security-Policy": csp(request),
+                                                                 "Cache-Control": "no-cache",
                                                                  "Content-Type": "text/html; charset=utf-8"})
 
 

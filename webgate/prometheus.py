@@ -12,6 +12,7 @@ the gateway's objects at collection time; modules that are not installed are ski
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tracker import queries as q
 from webgate.db import fetch_all, fetch_one
-from webgate.keys import REPORTER
+from webgate.errors import json_error
+from webgate.keys import CONFIG, REPORTER
 
 __all__ = ["setup", "PROMETHEUS", "PrometheusState", "CACHE_SECONDS", "METRICS_PATH"]
 
@@ -194,7 +196,18 @@ class _GatewayCollector(Collector):
 PROMETHEUS = web.AppKey("tracker_prometheus", PrometheusState)
 
 
+def _authorised(request: web.Request) -> bool:
+    """Open without ``metrics_token``; with it, only ``Authorization: Bearer <token>`` (constant-time compare)."""
+    token = request.app[CONFIG].metrics_token
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        raise json_error(401, "unauthorized", "GET /metrics requires Authorization: Bearer <TRACKER_METRICS_TOKEN>")
     state = request.app[PROMETHEUS]
     await state.refresh(request.app)
     return web.Response(body=generate_latest(state.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -87,7 +87,7 @@ OPERATIONS: list[Operation] = []
 
 _ERRORS = {400: "Invalid input", 401: "Missing, invalid or expired token", 403: "Not allowed for this user",
            404: "Not found", 409: "Conflicts with the current state", 413: "Request body too large",
-           503: "Store or bus unavailable"}
+           429: "Too many requests", 503: "Store or bus unavailable"}
 
 
 def operation(method: str, path: str, *, operation_id: str, summary: str, tag: str,
@@ -198,6 +198,25 @@ def _parse_query(request: web.Request, spec: dict[str, Schema], token_in_query: 
     return parse_params(values, spec)
 
 
+#: Deepest nesting of arrays/objects a JSON body may have.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def check_json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON text nested deeper than ``limit`` levels, counted iteratively (no recursion) with
+    brackets inside strings ignored, before the text is decoded and validated."""
+    depth = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > limit:
+                raise SchemaError(f"JSON nested deeper than {limit} levels")
+        else:
+            depth -= 1
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -210,9 +229,12 @@ async def _parse_body(request: web.Request, op: Operation) -> Any:
             raise SchemaError("a JSON body is required")
         return validate(op.body, {}, "body")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SchemaError("body is not UTF-8") from None
+    check_json_depth(text)
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise SchemaError(f"malformed JSON: {exc}") from None
     return validate(op.body, data, "body")
@@ -314,4 +336,5 @@ def setup(app: web.Application) -> None:
 
     for op in OPERATIONS:
         app.router.add_route(op.method, _route_path(op), _wrap(op), name=op.operation_id)
+    rest_tasks.setup(app)
     prometheus.setup(app)

@@ -8,15 +8,18 @@ first write.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
 
+import sqlalchemy as sa
 from aiohttp import web
 
 from tracker import control
 from tracker import queries as q
 from tracker.api import ExportEncoder, task_record
+from tracker.models import Task
 from tracker.records import LogRecord, MetricRecord, ProgressPoint, TaskRecord
 from tracker.status import ACTIVE, TERMINAL, Status
 from webgate.db import fetch_all, fetch_one
@@ -351,33 +354,74 @@ async def delete_task(call: Call) -> web.Response:
 
 
 # -- export --------------------------------------------------------------------------------------------
+_EXPORT_PAGE = 500
+#: Per app: exports in progress by user id (bounded by ``export_max_concurrent``).
+_EXPORTS = web.AppKey("tracker_exports_running", dict)
+
+
+def setup(app: web.Application) -> None:
+    app[_EXPORTS] = {}
+
+
 async def _export(call: Call, fmt: str) -> web.StreamResponse:
-    """Stream matching tasks from a server-side cursor: memory stays at one batch."""
-    stmt = q.export_tasks(task_filters(call)).execution_options(yield_per=500)
+    """Stream matching tasks page by page (keyset on the export's order): a pool connection is held
+    only while a page is read, never while the client reads. A client that takes no part of a write
+    within ``export_write_timeout`` seconds is cut; each user runs at most ``export_max_concurrent``."""
+    config = call.app[CONFIG]
+    running: dict[str, int] = call.app[_EXPORTS]
+    user = call.principal.user_id
+    if running.get(user, 0) >= config.export_max_concurrent:
+        raise json_error(429, "rate_limited",
+                         f"at most {config.export_max_concurrent} exports at once per user: wait for one to finish")
+    running[user] = running.get(user, 0) + 1
+    try:
+        return await _stream_export(call, fmt, config.export_write_timeout)
+    finally:
+        running[user] -= 1
+        if running[user] <= 0:
+            del running[user]
+
+
+async def _stream_export(call: Call, fmt: str, write_timeout: float) -> web.StreamResponse:
+    base = q.export_tasks(task_filters(call))
     enc = ExportEncoder(fmt)
     resp = web.StreamResponse(headers={
         "Content-Type": "text/csv; charset=utf-8" if fmt == "csv" else "application/json; charset=utf-8",
         "Content-Disposition": f'attachment; filename="tasks.{fmt}"'})
-    async with call.app[ENGINE].connect() as conn:
-        result = await conn.stream(stmt)
-        await resp.prepare(call.request)
-        await resp.write(enc.start().encode())
-        async for part in result.partitions(500):
-            await resp.write(enc.rows(task_record(r) for r in part).encode())
-        await resp.write(enc.end().encode())
+
+    async def write(text: str) -> None:
+        try:
+            await asyncio.wait_for(resp.write(text.encode()), write_timeout)
+        except TimeoutError:
+            if call.request.transport is not None:
+                call.request.transport.abort()
+            raise ConnectionResetError(f"export reader made no progress for {write_timeout} s") from None
+
+    page = await fetch_all(call.app, base.limit(_EXPORT_PAGE))
+    await resp.prepare(call.request)
+    await write(enc.start())
+    while page:
+        await write(enc.rows(task_record(r) for r in page))
+        if len(page) < _EXPORT_PAGE:
+            break
+        last = page[-1]
+        after = sa.or_(Task.created_at < last.created_at,
+                       sa.and_(Task.created_at == last.created_at, Task.task_id < last.task_id))
+        page = await fetch_all(call.app, base.where(after).limit(_EXPORT_PAGE))
+    await write(enc.end())
     await resp.write_eof()
     return resp
 
 
 @operation("GET", "/export/tasks.csv", operation_id="exportTasksCsv", tag="export",
            summary="All matching tasks as CSV (streamed)", query=TASK_FILTERS,
-           ok=(200, "CSV with a header row", {"type": "string"}, "text/csv"), errors=(403,))
+           ok=(200, "CSV with a header row", {"type": "string"}, "text/csv"), errors=(403, 429))
 async def export_csv(call: Call) -> web.StreamResponse:
     return await _export(call, "csv")
 
 
 @operation("GET", "/export/tasks.json", operation_id="exportTasksJson", tag="export",
            summary="All matching tasks as a JSON array (streamed)", query=TASK_FILTERS,
-           ok=(200, "JSON array of tasks", {"type": "array", "items": ref("Task")}), errors=(403,))
+           ok=(200, "JSON array of tasks", {"type": "array", "items": ref("Task")}), errors=(403, 429))
 async def export_json(call: Call) -> web.StreamResponse:
     return await _export(call, "json")
