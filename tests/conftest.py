@@ -22,7 +22,6 @@ import redis as redis_lib
 
 from tracker import Tracker
 from tracker.config import TrackerConfig
-from tracker.migrate import upgrade
 from tracker.services import PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,38 +40,25 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
 
 
+# The servers come from the installed pytest plugin (tracker.testing): one harness for users and us.
 @pytest.fixture(scope="session")
-def pg() -> Iterator[PostgresServer | str]:
-    url = os.environ.get("TRACKER_TEST_DATABASE_URL")
-    if url:
-        upgrade(url)
-        yield url
-        return
-    server = PostgresServer().start()
-    upgrade(server.url)
-    yield server
-    server.cleanup()
+def pg(tracker_postgres: PostgresServer | str) -> PostgresServer | str:
+    return tracker_postgres
 
 
 @pytest.fixture(scope="session")
-def database_url(pg: PostgresServer | str) -> str:
-    return pg if isinstance(pg, str) else pg.url
+def database_url(tracker_database_url: str) -> str:
+    return tracker_database_url
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer | str]:
-    url = os.environ.get("TRACKER_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
+def redis_server(tracker_redis: RedisServer | str) -> RedisServer | str:
+    return tracker_redis
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server: RedisServer | str) -> str:
-    return redis_server if isinstance(redis_server, str) else redis_server.url
+def redis_url(tracker_redis_url: str) -> str:
+    return tracker_redis_url
 
 
 @pytest.fixture(scope="session")

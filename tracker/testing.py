@@ -25,12 +25,14 @@ from tracker.api import Tracker
 from tracker.migrate import upgrade
 from tracker.services import PostgresServer, RedisServer
 
-__all__ = ["TrackedApp", "tracker_database_url", "tracker_redis_url", "tracker", "track_app"]
+__all__ = ["TrackedApp", "tracker_postgres", "tracker_redis", "tracker_database_url", "tracker_redis_url", "tracker",
+           "track_app"]
 
 
 @pytest.fixture(scope="session")
-def tracker_database_url() -> Iterator[str]:
-    """A migrated PostgreSQL for the session (``TRACKER_TEST_DATABASE_URL`` reuses a running one)."""
+def tracker_postgres() -> Iterator[PostgresServer | str]:
+    """The session's PostgreSQL, migrated: a throw-away server (a :class:`PostgresServer`, which
+    fault tests may stop and restart) or the URL in ``TRACKER_TEST_DATABASE_URL``."""
     url = os.environ.get("TRACKER_TEST_DATABASE_URL")
     if url:
         upgrade(url)
@@ -39,23 +41,35 @@ def tracker_database_url() -> Iterator[str]:
     server = PostgresServer().start()
     try:
         upgrade(server.url)
-        yield server.url
+        yield server
     finally:
         server.cleanup()
 
 
 @pytest.fixture(scope="session")
-def tracker_redis_url() -> Iterator[str]:
-    """A Redis for the session's event stream (``TRACKER_TEST_REDIS_URL`` reuses a running one)."""
+def tracker_database_url(tracker_postgres: PostgresServer | str) -> str:
+    """The URL of the session's migrated PostgreSQL."""
+    return tracker_postgres if isinstance(tracker_postgres, str) else tracker_postgres.url
+
+
+@pytest.fixture(scope="session")
+def tracker_redis() -> Iterator[RedisServer | str]:
+    """The session's Redis: a throw-away server or the URL in ``TRACKER_TEST_REDIS_URL``."""
     url = os.environ.get("TRACKER_TEST_REDIS_URL")
     if url:
         yield url
         return
     server = RedisServer().start()
     try:
-        yield server.url
+        yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tracker_redis_url(tracker_redis: RedisServer | str) -> str:
+    """The URL of the session's Redis."""
+    return tracker_redis if isinstance(tracker_redis, str) else tracker_redis.url
 
 
 @pytest.fixture()
