@@ -86,8 +86,10 @@ class TrackerConfig:
     #: ``window`` seconds are sent one by one; the rest become one digest at the window's end.
     notify_digest_window: float = 60.0
     notify_digest_threshold: int = 5
-    #: Per user and window, at most this many rule notifications (0 = no limit); the rest are digested.
+    #: Per user and ``notify_rate_window`` seconds, at most this many notifications (0 = no limit):
+    #: rule notifications beyond it are digested, client posts (``POST /notifications``) get 429.
     notify_rate_limit: int = 30
+    notify_rate_window: float = 60.0
     #: ``GET /metrics`` requires ``Authorization: Bearer <metrics_token>`` when set (open otherwise).
     metrics_token: str | None = None
     #: Exports: a reader making no progress for this many seconds is cut; at most this many at once per user.

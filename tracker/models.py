@@ -197,9 +197,13 @@ class Notification(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=text("'{}'::jsonb"))
     #: Identity of the stream event (or digest) that produced it: several gateways never store it twice.
     dedup_key: Mapped[str | None] = mapped_column(Text, unique=True)
+    #: Who made it, set by the server (never by a request body): ``rule``, ``api`` or ``rest``.
+    #: Only ``rule`` notifications use a rule's targets; ``rest`` ones never reach Slack or webhooks.
+    origin: Mapped[str] = mapped_column(Text, server_default="rest")
 
     __table_args__ = (
         CheckConstraint("priority IN ('urgent','high','normal','low')", name="tracker_notifications_priority_check"),
+        CheckConstraint("origin IN ('rule','api','rest')", name="tracker_notifications_origin_check"),
         CheckConstraint(
             "type IN ('info','success','warning','error','progress')", name="tracker_notifications_type_check"
         ),

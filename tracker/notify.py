@@ -12,6 +12,12 @@ Everything here is pure or synchronous so it can be tested on its own and shared
   burst becomes one digest;
 * :func:`create_notifications` stores notifications and queues their delivery.
 
+Every stored notification records its ``origin`` (a column the server sets, never the body):
+``rule`` (made by a rule or a digest of the notifier), ``api`` (server code: ``Tracker.notify``,
+a task's ``notify``) or ``rest`` (posted by a client to ``POST /notifications``). Only ``rule``
+notifications use a rule's targets, and client posts never reach the global Slack and webhook
+targets (``webgate.channels.Targets.of``).
+
 Delivery queue (Redis): a sorted set ``{prefix}:notify:due`` whose members are
 ``"<notification id>:<channel>"`` scored by the time the next attempt is due. Every gateway
 claims due members atomically (the score is moved forward by a lease), so each channel of a
@@ -30,9 +36,10 @@ import re
 import string
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
@@ -44,10 +51,11 @@ from tracker.models import Notification
 from tracker.records import NotificationRecord
 
 __all__ = [
-    "CHANNELS", "PRIORITIES", "TYPES", "TRIGGERS", "TEMPLATE_FIELDS", "DELIVERY_STATUSES",
+    "CHANNELS", "ORIGINS", "PRIORITIES", "TYPES", "TRIGGERS", "TEMPLATE_FIELDS", "DELIVERY_STATUSES",
     "Trigger", "Rule", "NewNotification", "BurstScope",
     "parse_rules", "rule_by_id", "triggers_of", "task_context", "render", "check_template", "dedup_key",
-    "check_notification", "check_notifications", "initial_delivery", "insert_notifications", "delivery_update",
+    "check_notification", "check_notifications", "check_action_url", "single_line", "initial_delivery",
+    "insert_notifications", "delivery_update",
     "notification_record",
     "due_key", "digests_key", "due_member", "parse_due_member", "backoff_delay",
     "window_start", "burst_scopes", "digest_notification", "create_notifications", "pair_inserted",
@@ -57,6 +65,8 @@ __all__ = [
 logger = logging.getLogger("tracker.notify")
 
 CHANNELS = ("websocket", "email", "slack", "webhook")
+#: Who made a notification (``tracker_notifications.origin``), most trusted first.
+ORIGINS = ("rule", "api", "rest")
 PRIORITIES = ("urgent", "high", "normal", "low")
 TYPES = ("info", "success", "warning", "error", "progress")
 DELIVERY_STATUSES = ("pending", "sent", "failed", "retrying")
@@ -189,13 +199,15 @@ class Rule:
         title = render(self.title or _DEFAULT_TITLE[trigger.name], values, _DEFAULT_TITLE[trigger.name])
         message = render(self.message or _DEFAULT_MESSAGE[trigger.name], values, _DEFAULT_MESSAGE[trigger.name])
         url = render(self.action_url, values, "") if self.action_url else (values.get("url") or "")
+        if url and not _is_http_url(url):
+            url = ""  # a template filled with task fields must not become a javascript: link
         metadata = {"rule": self.id, "trigger": trigger.label, "event": event.type, "event_id": event.id,
                     "task_type": values.get("task_type") or None}
         return NewNotification(
             user_id=values.get("user_id") or None, title=title[:MAX_TITLE] or trigger.label,
             message=message[:MAX_MESSAGE], type=self.type or _DEFAULT_TYPE[trigger.name], priority=priority,
             channels=self.channels, task_id=values.get("task_id") or None, action_url=url or None,
-            metadata=metadata, dedup_key=key)
+            metadata=metadata, dedup_key=key, origin="rule")
 
 
 def _num(value: float) -> str:
@@ -456,13 +468,15 @@ class NewNotification:
     action_url: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     dedup_key: str | None = None
+    #: One of :data:`ORIGINS`; set by the code that builds the notification, never from input.
+    origin: str = "api"
 
     def values(self) -> dict[str, Any]:
         """Column values for ``tracker_notifications`` (delivery starts ``pending`` on every channel)."""
         return {"user_id": self.user_id, "title": self.title, "message": self.message, "type": self.type,
                 "priority": self.priority, "channels": list(self.channels), "task_id": self.task_id,
                 "action_url": self.action_url, "metadata": self.metadata,
-                "delivery": initial_delivery(self.channels), "dedup_key": self.dedup_key}
+                "delivery": initial_delivery(self.channels), "dedup_key": self.dedup_key, "origin": self.origin}
 
 
 def _opt_text(name: str, value: Any, limit: int = 1000) -> str | None:
@@ -475,9 +489,12 @@ def _opt_text(name: str, value: Any, limit: int = 1000) -> str | None:
     return value
 
 
-def check_notifications(items: Any) -> list[NewNotification]:
+def check_notifications(items: Any, origin: str = "api") -> list[NewNotification]:
     """Validate a list of notification dicts (the :func:`check_notification` fields) in full
-    before anything is stored: bad input raises ValueError/TypeError naming the item."""
+    before anything is stored: bad input raises ValueError/TypeError naming the item.
+    ``origin`` (:data:`ORIGINS`) is the caller's to say: ``rest`` for client posts."""
+    if origin not in ORIGINS:
+        raise ValueError(f"origin must be one of {', '.join(ORIGINS)}")
     if isinstance(items, (str, bytes, Mapping)) or not hasattr(items, "__iter__"):
         raise TypeError("notifications must be a list of objects")
     checked = []
@@ -485,12 +502,43 @@ def check_notifications(items: Any) -> list[NewNotification]:
         if not isinstance(item, Mapping):
             raise TypeError(f"notification {i} must be an object")
         try:
-            checked.append(check_notification(**item))
+            checked.append(replace(check_notification(**item), origin=origin))
         except TypeError as exc:
             if "unexpected keyword" in str(exc):
                 raise ValueError(f"notification {i}: unknown field ({exc})") from None
             raise
     return checked
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def single_line(text: str) -> str:
+    """``text`` with every run of control characters (CR, LF, tab, NUL, ...) made one space:
+    a header such as an e-mail subject must be one line."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def _is_http_url(url: str) -> bool:
+    if _CONTROL.search(url) or any(c.isspace() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def check_action_url(url: Any) -> str | None:
+    """``url`` if it is an absolute http(s) URL with a host (``None`` stays ``None``); anything
+    else - ``javascript:``, ``data:``, relative paths, spaces - raises ValueError."""
+    if url is None:
+        return None
+    if not isinstance(url, str) or len(url) > 2000:
+        raise ValueError("action_url must be a string of at most 2000 characters")
+    if not _is_http_url(url):
+        raise ValueError("action_url must be an absolute http:// or https:// URL")
+    return url
 
 
 def check_notification(user_id: Any = None, title: Any = None, message: Any = "", type: Any = "info",
@@ -526,8 +574,7 @@ def check_notification(user_id: Any = None, title: Any = None, message: Any = ""
         metadata = json.loads(json.dumps(metadata, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON-serialisable ({exc})") from None
-    if action_url is not None and (not isinstance(action_url, str) or len(action_url) > 2000):
-        raise ValueError("action_url must be a string of at most 2000 characters")
+    action_url = check_action_url(action_url)
     return NewNotification(user_id=_opt_text("user_id", user_id, 255), title=title, message=message, type=type,
                            priority=priority, channels=tuple(dict.fromkeys(channels)),
                            task_id=_opt_text("task_id", task_id, 255), action_url=action_url, metadata=metadata,
@@ -619,17 +666,19 @@ def window_start(ts: float, window: float) -> float:
 
 
 def burst_scopes(rule: Rule, trigger: Trigger, n: NewNotification, *, window: float, threshold: int,
-                 rate_limit: int) -> list[BurstScope]:
+                 rate_limit: int, rate_window: float | None = None) -> list[BurstScope]:
     """The counters a rule notification must pass, in order: its burst (same rule, trigger,
-    task type and user) and then the user's rate limit. Urgent notifications skip the rate limit."""
+    task type and user) and then the user's rate limit (``rate_limit`` per ``rate_window``
+    seconds, by default ``window``). Urgent notifications skip the rate limit."""
     scopes: list[BurstScope] = []
     task_type = (n.metadata or {}).get("task_type") or ""
     w, t = rule.digest if rule.digest is not None else (window, threshold)
     if w > 0:  # rule.digest == (0, 0) is "digest: false"
         scopes.append(BurstScope("type", f"{rule.id}|{trigger.label}|{task_type}|{n.user_id or ''}", w, t,
                                  {"rule": rule.id, "trigger": trigger.label, "task_type": task_type}))
-    if rate_limit > 0 and window > 0 and n.priority != "urgent":
-        scopes.append(BurstScope("user", f"user|{n.user_id or ''}", window, rate_limit, {"rule": rule.id}))
+    rw = window if rate_window is None else rate_window
+    if rate_limit > 0 and rw > 0 and n.priority != "urgent":
+        scopes.append(BurstScope("user", f"user|{n.user_id or ''}", rw, rate_limit, {"rule": rule.id}))
     return scopes
 
 
@@ -668,7 +717,7 @@ def digest_notification(spec: Mapping[str, Any], total: int, already: int, start
     return NewNotification(user_id=spec.get("user_id") or None, title=title[:MAX_TITLE], message=message,
                            type=str(spec.get("type") or "info"), priority=str(spec.get("priority") or "normal"),
                            channels=channels, task_id=None, action_url=spec.get("public_url") or None,
-                           metadata=metadata, dedup_key=f"digest:{key}:{total}")
+                           metadata=metadata, dedup_key=f"digest:{key}:{total}", origin="rule")
 
 
 # -- creating notifications (sync) ------------------------------------------------------------------

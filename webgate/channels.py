@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.errors import MessageError
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any, Protocol
@@ -37,13 +38,13 @@ import redis.asyncio as aioredis
 
 from tracker.config import TrackerConfig
 from tracker.events import Event, encode
-from tracker.notify import Rule
+from tracker.notify import Rule, single_line
 from tracker.records import NotificationRecord
 
 __all__ = [
     "SIGNATURE_HEADER", "DeliveryError", "EmailSettings", "Targets", "Channel", "WebsocketChannel",
     "EmailChannel", "SlackChannel", "WebhookChannel", "sign", "verify_signature", "notification_payload",
-    "slack_payload", "webhook_body", "email_message", "check_channel_settings",
+    "slack_payload", "slack_escape", "slack_link", "webhook_body", "email_message", "check_channel_settings",
 ]
 
 SIGNATURE_HEADER = "X-Tracker-Signature"
@@ -189,14 +190,29 @@ class EmailSettings:
 
 @dataclass(frozen=True)
 class Targets:
-    """Where a notification goes: a rule's overrides, else the global settings."""
+    """Where a notification goes: a rule's overrides, else the global settings.
+
+    ``reason`` says why a channel has no target when the notification's origin rules it out.
+    """
 
     email_to: tuple[str, ...] = ()
     slack_webhook_url: str | None = None
     webhook_url: str | None = None
+    reason: str | None = None
 
     @classmethod
-    def of(cls, rule: Rule | None, config: TrackerConfig) -> Targets:
+    def of(cls, rule: Rule | None, config: TrackerConfig, origin: str = "rule") -> Targets:
+        """The targets of a notification of ``origin`` (``tracker.notify.ORIGINS``).
+
+        ``rule``: the rule's overrides, else the global settings. ``api`` (server code) has no
+        rule: the global settings. ``rest`` (a client's post) gets no Slack or webhook target at
+        all - the operators' receivers trust what arrives there - and e-mail only to the
+        recipients configured for its user.
+        """
+        if origin == "rest":
+            return cls(reason="client posts (POST /notifications) are not sent to Slack or webhooks")
+        if origin != "rule":
+            rule = None
         return cls(email_to=rule.email_to if rule else (),
                    slack_webhook_url=(rule.slack_webhook_url if rule else None) or config.slack_webhook_url,
                    webhook_url=(rule.webhook_url if rule else None) or config.webhook_url)
@@ -232,23 +248,31 @@ def notification_payload(n: NotificationRecord) -> dict[str, Any]:
     return d
 
 
-def _slack_escape(text: str) -> str:
+def slack_escape(text: str) -> str:
+    """Text for Slack mrkdwn: ``&``, ``<`` and ``>`` as entities, so text cannot open a link
+    (``<https://evil|x>``) or mention (``<!channel>``)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_link(url: str, label: str) -> str:
+    """``<url|label>`` with the URL escaped: a ``|`` in it (percent-encoded) cannot start a label
+    of its own, nor ``>`` end the link early."""
+    return f"<{slack_escape(url).replace('|', '%7C')}|{slack_escape(label).replace('|', '/')}>"
 
 
 def slack_payload(n: NotificationRecord) -> dict[str, Any]:
     """An incoming-webhook message: a readable line with a link, and blocks for richer clients."""
-    head = f"{_EMOJI.get(n.type, '')} *{_slack_escape(n.title)}*".strip()
+    head = f"{_EMOJI.get(n.type, '')} *{slack_escape(n.title)}*".strip()
     if n.priority in ("urgent", "high"):
         head += f" ({n.priority})"
-    body = _slack_escape(n.message) if n.message else ""
-    link = f"<{n.action_url}|Open task>" if n.action_url else ""
+    body = slack_escape(n.message) if n.message else ""
+    link = slack_link(n.action_url, "Open task") if n.action_url else ""
     text = "\n".join(p for p in (head, body, link) if p)
     context = [f"priority: {n.priority}"]
     if n.task_id:
-        context.append(f"task: `{_slack_escape(n.task_id)}`")
+        context.append(f"task: `{slack_escape(n.task_id)}`")
     if n.user_id:
-        context.append(f"user: {_slack_escape(n.user_id)}")
+        context.append(f"user: {slack_escape(n.user_id)}")
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(p for p in (head, body) if p)[:3000]}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": " | ".join(context)}]},
@@ -266,9 +290,11 @@ def webhook_body(n: NotificationRecord) -> bytes:
 
 
 def email_message(n: NotificationRecord, sender: str, to: Sequence[str]) -> EmailMessage:
+    """The e-mail of ``n``; ValueError when it cannot be built (a bad sender or address)."""
     msg = EmailMessage()
     prefix = f"[{n.priority.upper()}] " if n.priority in ("urgent", "high") else ""
-    msg["Subject"] = (prefix + n.title).replace("\n", " ")[:900]
+    # One line: CR, LF and other control characters in a title would end the header.
+    msg["Subject"] = single_line(prefix + n.title)[:900]
     msg["From"] = sender
     msg["To"] = ", ".join(to)
     msg["Date"] = formatdate(localtime=False)
@@ -328,9 +354,19 @@ class EmailChannel:
         if not to:
             raise DeliveryError(f"no e-mail address for user {n.user_id!r}", permanent=True)
         try:
-            await aiosmtplib.send(email_message(n, s.sender, to), sender=s.sender, recipients=to, hostname=s.host,
+            message = email_message(n, s.sender, to)
+        except (ValueError, TypeError, MessageError) as exc:
+            # The same message would fail the same way on every attempt.
+            raise DeliveryError(f"cannot build the e-mail: {exc}", permanent=True) from None
+        try:
+            await aiosmtplib.send(message, sender=s.sender, recipients=to, hostname=s.host,
                                   port=s.port, username=s.username, password=s.password, use_tls=s.use_tls,
                                   start_tls=s.start_tls, timeout=s.timeout)
+        except (aiosmtplib.SMTPNotSupported, UnicodeError) as exc:
+            # The server lacks what this message needs (SMTPUTF8 for a non-ASCII address, ...):
+            # refused before anything was sent, and it would be refused again.
+            raise DeliveryError(f"SMTP cannot send this message: {type(exc).__name__}: {exc}",
+                                permanent=True) from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise DeliveryError(f"SMTP refused the recipients: {exc}", permanent=True) from None
         except aiosmtplib.SMTPResponseException as exc:
@@ -363,7 +399,8 @@ class SlackChannel:
 
     async def send(self, n: NotificationRecord, targets: Targets) -> None:
         if not targets.slack_webhook_url:
-            raise DeliveryError("the slack channel is not configured (tracker_slack_webhook_url)", permanent=True)
+            raise DeliveryError(targets.reason or "the slack channel is not configured (tracker_slack_webhook_url)",
+                                permanent=True)
         body = json.dumps(slack_payload(n)).encode()
         await _post(self.session, targets.slack_webhook_url, body,
                     {"Content-Type": "application/json", "User-Agent": _USER_AGENT})
@@ -379,7 +416,8 @@ class WebhookChannel:
 
     async def send(self, n: NotificationRecord, targets: Targets) -> None:
         if not targets.webhook_url:
-            raise DeliveryError("the webhook channel is not configured (tracker_webhook_url)", permanent=True)
+            raise DeliveryError(targets.reason or "the webhook channel is not configured (tracker_webhook_url)",
+                                permanent=True)
         if not self.secret:
             raise DeliveryError("tracker_webhook_secret is not set: webhooks are always signed", permanent=True)
         body = webhook_body(n)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -101,6 +102,17 @@ end
 return 1
 """
 
+#: Client posts (``POST /notifications``) of one user in one window, shared by every gateway:
+#: KEYS: the user's counter for the window. ARGV: notifications in this post, limit, ttl ms.
+#: Returns the new count, or -1 (nothing counted) when the post would go over the limit.
+POSTS_LUA = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -1 end
+n = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return n
+"""
+
 POLL_INTERVAL = 0.2
 DIGEST_GRACE = 1.0
 CLAIM_EVERY = 5.0
@@ -113,6 +125,11 @@ _TRANSIENT = (OSError, aioredis.ConnectionError, aioredis.TimeoutError, Operatio
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _digest(text: str) -> str:
+    """A short fixed-size key part for any user id (ids may hold ``:`` or be long)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
 def _s(value: Any) -> str:
@@ -144,6 +161,9 @@ class Notifier:
         self._burst = redis.register_script(BURST_LUA)
         self._claim = redis.register_script(CLAIM_LUA)
         self._digest_done = redis.register_script(DIGEST_DONE_LUA)
+        self._posts = redis.register_script(POSTS_LUA)
+        #: Fallback counters while Redis cannot be reached: (user, window start) -> count.
+        self._local_posts: dict[tuple[str, float], int] = {}
         #: (rule, task, threshold) already decided, so progress events do not hit the database.
         self._decided: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._poison: dict[str, int] = {}
@@ -324,7 +344,8 @@ class Notifier:
         """Count ``n`` in its burst windows; True when it goes into a digest instead."""
         cfg = self.config
         for scope in nt.burst_scopes(rule, trigger, n, window=cfg.notify_digest_window,
-                                     threshold=cfg.notify_digest_threshold, rate_limit=cfg.notify_rate_limit):
+                                     threshold=cfg.notify_digest_threshold, rate_limit=cfg.notify_rate_limit,
+                                     rate_window=cfg.notify_rate_window):
             key = scope.key(cfg.prefix, ts)
             start = nt.window_start(ts, scope.window)
             spec = {**scope.spec(n, cfg.public_url), "start": start}
@@ -336,6 +357,31 @@ class Notifier:
                 self.stats["suppressed"] += 1
                 return True
         return False
+
+    # -- client posts -------------------------------------------------------------------------------------
+    async def admit_posts(self, user_id: str, count: int, now: float | None = None) -> float | None:
+        """Count ``count`` notifications posted by ``user_id`` against ``notify_rate_limit`` per
+        ``notify_rate_window``; ``None`` when admitted, else the seconds until the window ends
+        (nothing is counted then). Windows are aligned on the epoch and counted in Redis, so the
+        limit holds across gateways; while Redis is away each gateway counts on its own."""
+        limit, window = self.config.notify_rate_limit, self.config.notify_rate_window
+        if limit <= 0 or window <= 0:
+            return None
+        now = time.time() if now is None else now
+        start = nt.window_start(now, window)
+        retry_after = max(0.001, start + window - now)
+        try:
+            key = f"{self.config.prefix}:notify:posts:{_digest(user_id)}:{int(start * 1000)}"
+            n = await self._posts(keys=[key], args=[count, limit, int((window + 60) * 1000)])
+            return retry_after if int(n) < 0 else None
+        except (OSError, aioredis.RedisError) as exc:
+            logger.warning("notifier: counting posts in this gateway alone, Redis is away (%s)", exc)
+            self._local_posts = {k: v for k, v in self._local_posts.items() if k[1] == start}
+            used = self._local_posts.get((user_id, start), 0)
+            if used + count > limit:
+                return retry_after
+            self._local_posts[(user_id, start)] = used + count
+            return None
 
     # -- storing ---------------------------------------------------------------------------------------
     async def store(self, items: Sequence[nt.NewNotification]) -> list[NotificationRecord]:
@@ -420,7 +466,7 @@ class Notifier:
             if state.get("status") in ("sent", "failed") or channel_name not in record.channels:
                 await self.redis.zrem(self.due_key, member)
                 return
-            await self._attempt(record, channel_name, state, member)
+            await self._attempt(record, channel_name, state, member, row.origin)
         except asyncio.CancelledError:
             # Shutting down: hand the claim back at once rather than after the lease.
             with contextlib.suppress(Exception):
@@ -431,10 +477,12 @@ class Notifier:
             logger.exception("notifier: delivery %s failed unexpectedly", member)
 
     async def _attempt(self, record: NotificationRecord, channel_name: str, state: dict[str, Any],
-                       member: str) -> None:
+                       member: str, origin: str) -> None:
         attempts = int(state.get("attempts") or 0) + 1
-        rule = nt.rule_by_id(self.rules, (record.metadata or {}).get("rule"))
-        targets = Targets.of(rule, self.config)
+        # metadata.rule names the rule only in what the notifier made itself (origin "rule", set by
+        # the server): in anything else it is input, and selects no rule and no target.
+        rule = nt.rule_by_id(self.rules, (record.metadata or {}).get("rule")) if origin == "rule" else None
+        targets = Targets.of(rule, self.config, origin)
         error: str | None = None
         permanent = False
         delay = 0.0
@@ -514,7 +562,7 @@ def check_config(config: TrackerConfig) -> tuple[list[nt.Rule], EmailSettings | 
     rules = nt.parse_rules(config.notifications)
     email = EmailSettings.parse(config.email)
     check_channel_settings(rules, config, email)
-    for name in ("notify_max_attempts", "notify_digest_threshold", "notify_rate_limit"):
+    for name in ("notify_max_attempts", "notify_digest_threshold", "notify_rate_limit", "notify_rate_window"):
         if getattr(config, name) < 0:
             raise ValueError(f"tracker_{name} must not be negative")
     if config.notify_max_attempts < 1 or config.notify_timeout <= 0 or config.notify_retry_base < 0:
@@ -592,8 +640,10 @@ async def notification_stats(app: web.Application, user_id: str | None = None) -
     return out
 
 
-async def create_notifications(app: web.Application, items: Sequence[Mapping[str, Any]]) -> list[NotificationRecord]:
+async def create_notifications(app: web.Application, items: Sequence[Mapping[str, Any]],
+                               origin: str = "rest") -> list[NotificationRecord]:
     """Validate every item (the ``Tracker.notify`` fields) first, then store all of them in one
-    transaction and queue their delivery: bad input raises ValueError/TypeError and stores nothing."""
-    checked = nt.check_notifications(items)
+    transaction and queue their delivery: bad input raises ValueError/TypeError and stores nothing.
+    ``origin`` (``tracker.notify.ORIGINS``) defaults to a client post's: no rule, no Slack or webhook."""
+    checked = nt.check_notifications(items, origin=origin)
     return await app[NOTIFIER].store(checked)

@@ -1,19 +1,23 @@
-"""REST: in-app notifications of the caller (admins: anyone's) - list, mark read, delete, counts."""
+"""REST: in-app notifications of the caller (admins: anyone's) - list, mark read, delete, counts,
+and posting new ones within the channel and rate limits of ``POST /notifications``."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aiohttp import web
 
+from tracker import notify as nt
 from tracker import queries as q
 from tracker.records import NotificationRecord
 from webgate.db import execute, fetch_all, fetch_one
 from webgate.errors import json_error
+from webgate.keys import CONFIG
 from webgate.rest import CURSOR, LIMIT, TEXT, Call, no_content, operation, reply, scope_user, visible_task
 from webgate.rest_schema import ref
 
-__all__: list[str] = []
+__all__ = ["USER_CHANNELS", "ADMIN_CHANNELS"]
 
 _FILTERS: dict[str, dict[str, Any]] = {
     "unread": {"type": "boolean", "description": "true: only unread; false: only read"},
@@ -90,31 +94,60 @@ async def notification_stats(call: Call) -> web.Response:
     return reply({k: int(counts.get(k) or 0) for k in ("total", "unread", "urgent", "high")})
 
 
+#: Channels a caller may post on: users only in-app (their own feed); admins also e-mail, to the
+#: addresses ``tracker_email["recipients"]`` gives the notified user. Slack and webhooks carry the
+#: operators' alerts and are reached only by rules and server code (``Tracker.notify``).
+USER_CHANNELS = frozenset({"websocket"})
+ADMIN_CHANNELS = frozenset({"websocket", "email"})
+
+
 @operation("POST", "/notifications", operation_id="createNotifications", tag="notifications",
-           summary="Send in-app (and email, Slack, webhook) notifications: one object or {\"notifications\": [...]}",
-           description="Users notify themselves; admins anyone. A task_id must name a task the caller may see. "
-                       "dedup_key makes a retry idempotent (per caller). Delivery is recorded per channel.",
+           summary="Send in-app (admins: also e-mail) notifications: one object or {\"notifications\": [...]}",
+           description="Users notify themselves, on the websocket channel only; admins anyone, on websocket and "
+                       "email (to the user's configured recipients). Other channels get 403 forbidden_channel. "
+                       "action_url must be an http(s) URL. metadata is stored as given and selects nothing. "
+                       "Per caller at most tracker_notify_rate_limit notifications per tracker_notify_rate_window "
+                       "seconds (a batch counts each), else 429 rate_limited with Retry-After. A task_id must "
+                       "name a task the caller may see. dedup_key makes a retry idempotent (per caller). "
+                       "Delivery is recorded per channel.",
            body={"anyOf": [ref("NotificationBatch"), ref("NotificationIn")]}, body_required=True,
            ok=(201, "The stored notification(s)", {"anyOf": [ref("Notification"), ref("NotificationPage")]}),
-           errors=(403, 404))
+           errors=(403, 404, 429))
 async def create_notifications(call: Call) -> web.Response:
-    from webgate import notifier
+    from webgate.notifier import NOTIFIER
 
     batch = "notifications" in call.body
     items: list[dict[str, Any]] = [dict(n) for n in (call.body["notifications"] if batch else [call.body])]
     p = call.principal
+    allowed = ADMIN_CHANNELS if p.admin else USER_CHANNELS
     for item in items:
         item["user_id"] = item.get("user_id") or p.user_id
         if not p.can_see_user(item["user_id"]):
             raise json_error(403, "forbidden", "you may only notify yourself")
-        if item.get("task_id"):
-            await visible_task(call, item["task_id"])
+        refused = sorted(set(item.get("channels") or ()) - allowed)
+        if refused:
+            raise json_error(403, "forbidden_channel",
+                             f"you may not post on {', '.join(refused)}: "
+                             f"{'admins' if p.admin else 'users'} may post on {', '.join(sorted(allowed))} only")
         if item.get("dedup_key"):
             # Keys are namespaced by caller: nobody can fetch another caller's notification by its key.
             item["dedup_key"] = f"rest:{p.user_id}:{item['dedup_key']}"
         for key in [k for k, v in item.items() if v is None and k in ("message", "metadata", "action_url")]:
             item.pop(key)
-    records = await notifier.create_notifications(call.app, items)
+    # Everything is checked before the post is counted: a refused post costs no budget.
+    checked = nt.check_notifications(items, origin="rest")
+    for item in items:
+        if item.get("task_id"):
+            await visible_task(call, item["task_id"])
+    notifier = call.app[NOTIFIER]
+    wait = await notifier.admit_posts(p.user_id, len(checked))
+    if wait is not None:
+        cfg = call.app[CONFIG]
+        exc = json_error(429, "rate_limited",
+                         f"at most {cfg.notify_rate_limit} notifications per {cfg.notify_rate_window:g} s per user")
+        exc.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        raise exc
+    records = await notifier.store(checked)
     if batch:
         return reply({"items": [r.to_dict() for r in records], "next_cursor": None}, 201)
     return reply(records[0].to_dict(), 201)

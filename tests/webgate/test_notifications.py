@@ -431,7 +431,8 @@ async def test_a_burst_becomes_a_digest_and_users_are_rate_limited(tracker_env, 
     rules = [{"id": "burst", "on": ["failed"], "channels": ["websocket", "webhook"],
               "digest": {"window": 2, "threshold": 2}}]
     cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=rules, webhook_url=hook.url,
-                  webhook_secret=SECRET, notify_rate_limit=3, notify_digest_window=2)
+                  webhook_secret=SECRET, notify_rate_limit=3, notify_digest_window=2,
+                  notify_rate_window=2)
     burst_user, busy_user = uid("burst"), uid("busy")
     t = Tracker(config=cfg)
     try:
