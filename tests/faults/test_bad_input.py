@@ -112,7 +112,9 @@ def target(tracker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                               metadata={"seed": True}, tags=["seed"])
             assert t.flush(10)
         gw = GatewayProcess(tracker_env, Path(tmp_path_factory.mktemp("fuzz-gateway")),
-                            extra_env={"TRACKER_DATABASE_URL": pg.url, "TRACKER_REDIS_URL": rs.url})
+                            # The notification fuzzer checks validation, not the rate limit (tested elsewhere).
+                            extra_env={"TRACKER_DATABASE_URL": pg.url, "TRACKER_REDIS_URL": rs.url,
+                                       "TRACKER_NOTIFY_RATE_LIMIT": "1000000"})
         target = Target(gw, pg.url, rs.url)
         yield target
         print(f"\nbad input: {target.requests} REST requests, statuses {dict(sorted(target.statuses.items()))}, "
@@ -191,6 +193,46 @@ def log_lines(draw: Any) -> dict[str, Any]:
                            json_values),
         "source": json_values, "context": json_values, "traceback": json_values, "attachments": json_values,
         "user_id": st.one_of(st.sampled_from([OWNER, "someone-else"]), json_values)}))
+
+
+CHANNELS = ["websocket", "email", "slack", "webhook"]
+urls = st.one_of(
+    st.sampled_from(["javascript:alert(1)", "JaVaScRiPt:alert(1)", " javascript:alert(1)", "data:text/html,<b>",
+                     "vbscript:x", "/relative", "//host/path", "https://", "http://ok.example/t?id=1",
+                     "https://ok.example/a|b>c<d&e", "HTTPS://ok.example/", "https://ok.example/\r\nx",
+                     "ftp://ok.example/f", "https://exa mple.com/"]),
+    st.text(max_size=60), st.text(max_size=40).map(lambda s: "https://h.example/" + s), json_values)
+
+
+def _is_http(url: Any) -> bool:
+    if not isinstance(url, str) or any(c.isspace() or ord(c) < 32 or 127 <= ord(c) < 160 for c in url):
+        return False
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+@st.composite
+def notification_items(draw: Any) -> dict[str, Any]:
+    """Mostly well-formed posts (so that the channel, user and link rules are what decides), some
+    with one field replaced by anything at all."""
+    item = draw(st.fixed_dictionaries({"title": st.one_of(
+        st.text(min_size=1, max_size=80).filter(str.strip),
+        st.sampled_from(["Disk\r\nBcc: x@example.com\rfull", "<https://evil|x>", "ok"]))}, optional={
+        "message": st.text(max_size=200),
+        "type": st.sampled_from(["info", "success", "warning", "error", "progress"]),
+        "priority": st.sampled_from(["urgent", "high", "normal", "low"]),
+        "channels": st.lists(st.sampled_from(CHANNELS), min_size=1, max_size=4),
+        "user_id": st.sampled_from([OWNER, "someone-else", None]),
+        "task_id": st.sampled_from([*MIXED, "no-such-task"]),
+        "action_url": urls,
+        # A client naming a rule in metadata must gain nothing by it.
+        "metadata": st.fixed_dictionaries({"rule": st.sampled_from(["rule0", "failures"])},
+                                          optional={"trigger": st.just("failed"), "x": json_values}),
+        "dedup_key": st.text(min_size=1, max_size=20)}))
+    if draw(st.integers(0, 4)) == 0:
+        item[draw(st.sampled_from(["title", "message", "type", "priority", "channels", "user_id", "task_id",
+                                   "action_url", "metadata", "dedup_key", "unexpected"]))] = draw(json_values)
+    return item
 
 
 def _expired(user: str) -> str:
@@ -330,6 +372,42 @@ def test_rest_log_fuzz(target: Target) -> None:
     after = _rows(target.database_url, "SELECT count(*) FROM tracker_logs")[0][0]
     assert after - before == accepted, f"{after - before} log rows stored, {accepted} accepted"
     _no_stray_tasks(target)
+
+
+def test_rest_notification_fuzz(target: Target) -> None:
+    """Notification posts with every field random: a user's accepted post is in-app only, to
+    itself, with an http(s) link or none; the store holds exactly the accepted ones."""
+    owner, admin = make_token(OWNER), make_token("fuzz-admin", admin=True)
+    before = {r[0] for r in _rows(target.database_url, "SELECT id FROM tracker_notifications")}
+    accepted: set[int] = set()
+
+    # Bodies that are not notifications at all are in test_rest_anything_anywhere.
+    @_settings(200)
+    @given(body=st.one_of(notification_items(), st.lists(notification_items(), min_size=1, max_size=4).map(
+               lambda items: {"notifications": items})), as_admin=st.booleans())
+    def one(body: Any, as_admin: bool) -> None:
+        status, data = target.request("POST", f"{API}/notifications", _encode(body), admin if as_admin else owner)
+        assert status in (201, 400, 403, 404), (status, data)
+        if status != 201:
+            return
+        items = body["notifications"] if "notifications" in body else [body]
+        stored = data["items"] if "notifications" in body else [data]
+        assert len(stored) == len(items)
+        for item, n in zip(items, stored, strict=True):
+            allowed = {"websocket", "email"} if as_admin else {"websocket"}
+            assert set(n["channels"]) <= allowed and set(item.get("channels") or ["websocket"]) <= allowed
+            assert n["action_url"] is None or _is_http(n["action_url"])
+            assert n["action_url"] == item.get("action_url")
+            if not as_admin:
+                assert n["user_id"] == OWNER
+            accepted.add(n["id"])
+
+    one()
+    assert accepted, "some valid bodies should have been generated and accepted"
+    rows = _rows(target.database_url, "SELECT id, user_id, channels, origin FROM tracker_notifications")
+    assert {r[0] for r in rows} - before == accepted, "rows stored by refused posts, or accepted ones missing"
+    for _id, user_id, channels, origin in rows:
+        assert origin == "rest" and set(channels) <= ({"websocket"} if user_id == OWNER else {"websocket", "email"})
 
 
 def test_rest_anything_anywhere(target: Target) -> None:
