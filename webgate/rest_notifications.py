@@ -143,8 +143,10 @@ async def create_notifications(call: Call) -> web.Response:
     wait = await notifier.admit_posts(p.user_id, len(checked))
     if wait is not None:
         cfg = call.app[CONFIG]
-        exc = json_error(429, "rate_limited",
-                         f"at most {cfg.notify_rate_limit} notifications per {cfg.notify_rate_window:g} s per user")
+        limit = f"at most {cfg.notify_rate_limit} notifications per {cfg.notify_rate_window:g} s per user"
+        if len(checked) > cfg.notify_rate_limit:
+            limit += f": a batch of {len(checked)} never fits, split it"
+        exc = json_error(429, "rate_limited", limit)
         exc.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         raise exc
     records = await notifier.store(checked)
