@@ -162,8 +162,6 @@ class Notifier:
         self._claim = redis.register_script(CLAIM_LUA)
         self._digest_done = redis.register_script(DIGEST_DONE_LUA)
         self._posts = redis.register_script(POSTS_LUA)
-        #: Fallback counters while Redis cannot be reached: (user, window start) -> count.
-        self._local_posts: dict[tuple[str, float], int] = {}
         #: (rule, task, threshold) already decided, so progress events do not hit the database.
         self._decided: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._poison: dict[str, int] = {}
@@ -363,25 +361,17 @@ class Notifier:
         """Count ``count`` notifications posted by ``user_id`` against ``notify_rate_limit`` per
         ``notify_rate_window``; ``None`` when admitted, else the seconds until the window ends
         (nothing is counted then). Windows are aligned on the epoch and counted in Redis, so the
-        limit holds across gateways; while Redis is away each gateway counts on its own."""
+        limit holds across gateways. Redis away raises (the REST layer answers 503): the post
+        could not be queued for delivery anyway."""
         limit, window = self.config.notify_rate_limit, self.config.notify_rate_window
         if limit <= 0 or window <= 0:
             return None
         now = time.time() if now is None else now
         start = nt.window_start(now, window)
         retry_after = max(0.001, start + window - now)
-        try:
-            key = f"{self.config.prefix}:notify:posts:{_digest(user_id)}:{int(start * 1000)}"
-            n = await self._posts(keys=[key], args=[count, limit, int((window + 60) * 1000)])
-            return retry_after if int(n) < 0 else None
-        except (OSError, aioredis.RedisError) as exc:
-            logger.warning("notifier: counting posts in this gateway alone, Redis is away (%s)", exc)
-            self._local_posts = {k: v for k, v in self._local_posts.items() if k[1] == start}
-            used = self._local_posts.get((user_id, start), 0)
-            if used + count > limit:
-                return retry_after
-            self._local_posts[(user_id, start)] = used + count
-            return None
+        key = f"{self.config.prefix}:notify:posts:{_digest(user_id)}:{int(start * 1000)}"
+        n = await self._posts(keys=[key], args=[count, limit, int((window + 60) * 1000)])
+        return retry_after if int(n) < 0 else None
 
     # -- storing ---------------------------------------------------------------------------------------
     async def store(self, items: Sequence[nt.NewNotification]) -> list[NotificationRecord]:
