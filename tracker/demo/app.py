@@ -1,7 +1,7 @@
 """The example project behind ``tracker demo``: a small but realistic Celery app.
 
 Shipped inside the package, so ``tracker demo`` works wherever celery-tracking is installed.
-Run a worker with ``celery -A tracker.demo_app worker`` and publish :func:`submit_workload`
+Run a worker with ``celery -A tracker.demo.app worker`` and publish :func:`submit_workload`
 from any process; every task is recorded (``signals.install``), the ``TrackedTask`` ones
 also report progress with steps, logs and metrics. Settings come from the environment:
 ``TRACKER_DATABASE_URL``, ``TRACKER_REDIS_URL`` and ``TRACKER_DEMO_BROKER_URL`` (defaults to

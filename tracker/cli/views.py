@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from tracker.cli import main, tracker_from_ctx
+from tracker.cli.root import main, tracker_from_ctx
 from tracker.events import TERMINAL_EVENTS, Event
 from tracker.records import LogRecord, TaskRecord
 from tracker.status import TERMINAL, Status
