@@ -38,6 +38,7 @@ from sqlalchemy.types import Double, Text
 
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog
 from tracker.status import check_status
+from tracker.vocabulary import STATUSES, TERMINAL
 
 __all__ = [
     "group_progress", "group_progress_summary", "GROUP_PROGRESS_CAP",
@@ -361,8 +362,8 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
 # -- canvas: groups, chords and chains -----------------------------------------------------------------
 #: Combined progress stays below this until every member has finished, so 100 means "all done".
 GROUP_PROGRESS_CAP = 99.9
-_FINISHED = ("completed", "failed", "cancelled")
-_ALL_STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled")
+_FINISHED = tuple(s.value for s in STATUSES if s in TERMINAL)
+_ALL_STATUSES = tuple(s.value for s in STATUSES)
 
 
 def group_progress(group_id: str) -> Select[Any]:
@@ -422,9 +423,9 @@ def stats(since: Any = None, until: Any = None, group_by: Any = "task_type", use
     t0, t1 = parse_time(since, "since"), parse_time(until, "until")
     key = _GROUPS[group_by].label("group") if group_by else literal("all").label("group")
     duration = extract("epoch", Task.finished_at - Task.started_at)
-    finished = Task.status.in_(("completed", "failed", "cancelled"))
+    finished = Task.status.in_(_FINISHED)
     cols: list[Any] = [key, func.count().label("total")]
-    for st in ("pending", "running", "paused", "completed", "failed", "cancelled"):
+    for st in _ALL_STATUSES:
         cols.append(func.count().filter(Task.status == st).label(st))
     done = func.count().filter(Task.status.in_(("completed", "failed")))
     cols.append((cast(func.count().filter(Task.status == "completed"), Double) / func.nullif(done, 0))

@@ -31,10 +31,11 @@ import click
 from rich.console import Console
 
 from tracker.demo.services import PostgresServer, RedisServer, free_port
+from tracker.vocabulary import TERMINAL
 
 __all__ = ["demo", "Child"]
 
-_TERMINAL = ("completed", "failed", "cancelled")
+_TERMINAL = TERMINAL
 
 
 class Child:
