@@ -37,6 +37,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog
+from tracker.records import GroupProgress
 from tracker.status import check_status
 from tracker.vocabulary import STATUSES, TERMINAL
 
@@ -386,7 +387,7 @@ def group_progress(group_id: str) -> Select[Any]:
     return select(*cols).select_from(Task).where(or_(Task.group_id == group_id, Task.root_id == group_id))
 
 
-def group_progress_summary(group_id: str, row: Any, size: int | None = None) -> dict[str, Any]:
+def group_progress_summary(group_id: str, row: Any, size: int | None = None) -> GroupProgress:
     """Combined progress of the members in ``row`` (from :func:`group_progress`).
 
     ``progress`` is the mean of the members' progress, a finished member (completed, failed
@@ -409,10 +410,8 @@ def group_progress_summary(group_id: str, row: Any, size: int | None = None) -> 
     else:
         mean = (float(m.get("unfinished_progress") or 0.0) + 100.0 * finished) / total
         progress = min(mean, GROUP_PROGRESS_CAP)
-    updated = m.get("updated_at")
-    return {"group_id": group_id, "total": total, "finished": finished, "done": total > 0 and finished == total,
-            "progress": progress, "counts": counts,
-            "updated_at": updated.isoformat() if isinstance(updated, datetime) else updated}
+    return GroupProgress(group_id=group_id, total=total, finished=finished, done=total > 0 and finished == total,
+                         progress=progress, counts=counts, updated_at=m.get("updated_at"))
 
 
 # -- stats --------------------------------------------------------------------------------------------
