@@ -177,6 +177,20 @@ def demo(once: bool, duration: float | None, waves: int, scale: float, concurren
         sys.exit(code)
 
 
+def _server(stack: ExitStack, console: Console, label: str, env_name: str,
+            server_type: type[PostgresServer] | type[RedisServer]) -> str:
+    """The URL in ``env_name``, else that of a throw-away server stopped when ``stack`` closes."""
+    url = os.environ.get(env_name)
+    if url:
+        console.print(f"using {label} from {env_name}")
+        return url
+    server = server_type()
+    stack.callback(server.cleanup)
+    console.print(f"starting a throw-away {label}...")
+    server.start()
+    return server.url
+
+
 def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | None, waves: int, scale: float,
          concurrency: int, port: int, timeout: float, workdir: str | None) -> bool:
     started = time.monotonic()
@@ -188,24 +202,8 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
         work = Path(tempfile.mkdtemp(prefix="tracker-demo-"))
         stack.callback(shutil.rmtree, work, True)
 
-    database_url = os.environ.get("TRACKER_DATABASE_URL")
-    redis_url = os.environ.get("TRACKER_REDIS_URL")
-    if not database_url:
-        pg = PostgresServer()
-        stack.callback(pg.cleanup)
-        console.print("starting a throw-away PostgreSQL...")
-        pg.start()
-        database_url = pg.url
-    else:
-        console.print("using PostgreSQL from TRACKER_DATABASE_URL")
-    if not redis_url:
-        rs = RedisServer()
-        stack.callback(rs.cleanup)
-        console.print("starting a throw-away Redis...")
-        rs.start()
-        redis_url = rs.url
-    else:
-        console.print("using Redis from TRACKER_REDIS_URL")
+    database_url = _server(stack, console, "PostgreSQL", "TRACKER_DATABASE_URL", PostgresServer)
+    redis_url = _server(stack, console, "Redis", "TRACKER_REDIS_URL", RedisServer)
 
     from tracker.migrate import upgrade
 
