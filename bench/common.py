@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tracker.demo.services import PostgresServer, RedisServer
 from tracker.migrate import upgrade
-from tracker.services import PostgresServer, RedisServer
 
 __all__ = ["Result", "Servers", "servers", "timed", "median"]
 

@@ -317,7 +317,7 @@ def _raise_fd_limit() -> None:
 
 
 def _free_port() -> int:
-    from tracker.services import free_port
+    from tracker.demo.services import free_port
 
     return free_port()
 

@@ -31,7 +31,7 @@ grep -q "#token=" "$work/demo.out" || { echo "wheel smoke: the demo printed no s
 echo "wheel smoke: tracker gateway answers /healthz"
 python - <<'PY'
 import os, secrets, subprocess, sys, time, urllib.request
-from tracker.services import PostgresServer, RedisServer, free_port
+from tracker.demo.services import PostgresServer, RedisServer, free_port
 
 pg, rs = PostgresServer().start(), RedisServer().start()
 env = dict(os.environ, TRACKER_DATABASE_URL=pg.url, TRACKER_REDIS_URL=rs.url, TRACKER_SECRET=secrets.token_hex(32))

@@ -71,9 +71,9 @@ def config_for(app: Any = None) -> TrackerConfig | None:
             return entry[1]
     if len(_installed) == 1:
         return next(iter(_installed.values()))[1]
-    from celery import current_app
+    from celery._state import get_current_app  # what celery.current_app proxies: the app object itself
 
-    entry = _installed.get(id(current_app._get_current_object()))
+    entry = _installed.get(id(get_current_app()))
     return entry[1] if entry else next(iter(_installed.values()))[1]
 
 

@@ -22,7 +22,7 @@ import redis as redis_lib
 
 from tracker import Tracker
 from tracker.config import TrackerConfig
-from tracker.services import PostgresServer, RedisServer
+from tracker.demo.services import PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-of-the-celery-tracking-suite"  # >= 32 bytes, as HS256 wants
@@ -212,7 +212,7 @@ async def gateway(tracker_env: dict[str, str]) -> Any:
     from aiohttp import web
 
     from tests.apps.tasks import app as celery_app
-    from tracker.services import free_port
+    from tracker.demo.services import free_port
     from webgate import create_app
 
     port = free_port()
@@ -232,7 +232,7 @@ class GatewayProcess(Gateway):
 
     def __init__(self, env: dict[str, str], tmp: Path, port: int | None = None,
                  extra_env: dict[str, str] | None = None) -> None:
-        from tracker.services import free_port
+        from tracker.demo.services import free_port
 
         super().__init__(port or free_port())
         self.env = {**os.environ, **env, **(extra_env or {}), "PYTHONPATH": str(ROOT)}

@@ -3,7 +3,7 @@
 from tracker.api import Page, Tracker
 from tracker.config import TrackerConfig
 from tracker.events import Event
-from tracker.records import LogRecord, MetricRecord, NotificationRecord, ProgressPoint, TaskRecord
+from tracker.records import GroupProgress, LogRecord, MetricRecord, NotificationRecord, ProgressPoint, TaskRecord
 from tracker.status import Status
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "MetricRecord",
     "NotificationRecord",
     "ProgressPoint",
+    "GroupProgress",
     "Event",
     "Status",
 ]

@@ -22,7 +22,15 @@ from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.events import Event, decode
 from tracker.recorder import Recorder
-from tracker.records import LogRecord, MetricRecord, NotificationRecord, ProgressPoint, TaskRecord, to_jsonable
+from tracker.records import (
+    GroupProgress,
+    LogRecord,
+    MetricRecord,
+    NotificationRecord,
+    ProgressPoint,
+    TaskRecord,
+    to_jsonable,
+)
 from tracker.reporter import Reporter
 from tracker.status import Status, check_progress, check_status
 
@@ -262,10 +270,11 @@ class Tracker:
             raise ValueError("terminate=True needs the Celery app: use Tracker.from_celery(app)")
         return self._apply(task_id, "cancel", terminate)
 
-    def group_progress(self, group_id: str, size: int | None = None) -> dict[str, Any]:
+    def group_progress(self, group_id: str, size: int | None = None) -> GroupProgress:
         """Combined progress of a group, chord header or chain (pass the chain's first task id).
 
-        Returns ``{"group_id", "total", "finished", "done", "progress", "counts", "updated_at"}``:
+        Returns a :class:`GroupProgress` (``group_id``, ``total``, ``finished``, ``done``, ``progress``,
+        ``counts``, ``updated_at``; ``to_dict()`` gives them as JSON):
         ``progress`` is the mean of the members' progress (finished members count 100) and
         is 100 exactly when all have finished; ``counts`` maps each status to its count.
         Give ``size`` (the number of members) so members not recorded yet count as pending.

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tracker import vocabulary
+
 __all__ = ["TrackerConfig", "sqlalchemy_url", "psycopg_url"]
 
 def sqlalchemy_url(url: str) -> str:
@@ -137,7 +139,7 @@ class TrackerConfig:
 
     @property
     def stream_key(self) -> str:
-        return f"{self.prefix}:events"
+        return vocabulary.stream_key(self.prefix)
 
     def control_key(self, task_id: str) -> str:
-        return f"{self.prefix}:control:{task_id}"
+        return vocabulary.control_key(self.prefix, task_id)

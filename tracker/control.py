@@ -19,21 +19,14 @@ from typing import Any
 
 from tracker.reporter import Reporter
 from tracker.status import TERMINAL, Status
+from tracker.vocabulary import CONTROL_TTL, control_key
+from tracker.vocabulary import control_index_key as index_key
 
 __all__ = ["ACTIONS", "ControlPlan", "plan", "apply_sync", "apply_async", "CONTROL_TTL", "control_key", "index_key"]
 
 ACTIONS = ("pause", "resume", "cancel")
-#: A flag for a task that never runs again must not linger forever.
-CONTROL_TTL = 7 * 86400
-
-
-def control_key(prefix: str, task_id: str) -> str:
-    return f"{prefix}:control:{task_id}"
-
-
-def index_key(prefix: str) -> str:
-    """The sorted set of task ids that have a control flag (see the module docstring)."""
-    return f"{prefix}:controls"
+# CONTROL_TTL (a flag for a task that never runs again must not linger forever), control_key and
+# index_key (the sorted set of task ids that have a flag) are the vocabulary's, imported above.
 
 
 @dataclass(frozen=True)

@@ -6,36 +6,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SCHEMA_VERSION", "EVENT_TYPES", "TERMINAL_EVENTS", "Event", "encode", "decode", "dumps", "RawJSON"]
+from tracker.vocabulary import EVENT_TYPES, STATUS_EVENTS, TERMINAL_EVENTS
+
+__all__ = ["SCHEMA_VERSION", "EVENT_TYPES", "TERMINAL_EVENTS", "STATUS_EVENTS", "Event", "encode", "decode", "dumps",
+           "RawJSON"]
 
 SCHEMA_VERSION = 1
 
-EVENT_TYPES = frozenset(
-    {
-        "task.pending",
-        "task.started",
-        "task.progress",
-        "task.log",
-        "task.metric",
-        "task.paused",
-        "task.resumed",
-        "task.retry",
-        "task.completed",
-        "task.failed",
-        "task.cancelled",
-        "task.stalled",
-        "notification",
-    }
-)
-TERMINAL_EVENTS = frozenset({"task.completed", "task.failed", "task.cancelled"})
-STATUS_EVENTS = {
-    "pending": "task.pending",
-    "running": "task.started",
-    "paused": "task.paused",
-    "completed": "task.completed",
-    "failed": "task.failed",
-    "cancelled": "task.cancelled",
-}
+# EVENT_TYPES, TERMINAL_EVENTS and STATUS_EVENTS are the vocabulary's (imported above, kept here by name).
 
 
 class RawJSON(str):

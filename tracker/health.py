@@ -35,6 +35,7 @@ from tracker.config import TrackerConfig
 from tracker.control import CONTROL_TTL, control_key, index_key
 from tracker.models import Task
 from tracker.reporter import Reporter
+from tracker.vocabulary import ACTIVE, STATUSES, TERMINAL
 
 __all__ = [
     "SWEEP_LOCK",
@@ -58,8 +59,8 @@ SWEEP_LOCK = 0x74726B53
 #: Flags set this recently are left alone by the clean-up (their task may not be stored yet).
 _FLAG_GRACE = 5.0
 _FLAG_PAGE = 1000
-_ACTIVE = ("running", "paused")
-_TERMINAL = ("completed", "failed", "cancelled")
+_ACTIVE = tuple(s.value for s in STATUSES if s in ACTIVE)
+_TERMINAL = tuple(s.value for s in STATUSES if s in TERMINAL)
 
 
 @dataclass(frozen=True)

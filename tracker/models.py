@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tracker.vocabulary import ACTIVE, TERMINAL, Status, status_sql_list
+
 __all__ = [
     "Base",
     "Task",
@@ -33,7 +35,7 @@ __all__ = [
     "Dashboard",
 ]
 
-_STATUSES = "('pending','running','paused','completed','failed','cancelled')"
+_STATUSES = status_sql_list()
 
 
 class Base(DeclarativeBase):
@@ -96,12 +98,13 @@ class Task(Base):
         Index(
             "ix_tracker_tasks_active",
             "heartbeat_at",
-            postgresql_where=text("status IN ('running','paused')"),
+            postgresql_where=text(f"status IN {status_sql_list(ACTIVE)}"),
         ),
-        Index("ix_tracker_tasks_finished", "task_type", "finished_at", postgresql_where=text("status = 'completed'")),
+        Index("ix_tracker_tasks_finished", "task_type", "finished_at",
+              postgresql_where=text(f"status = '{Status.COMPLETED.value}'")),
         # Retention purges finished tasks by age (migration 0002).
         Index("ix_tracker_tasks_purge", "finished_at",
-              postgresql_where=text("status IN ('completed','failed','cancelled')")),
+              postgresql_where=text(f"status IN {status_sql_list(TERMINAL)}")),
     )
 
 

@@ -49,6 +49,7 @@ from tracker import queries as q
 from tracker.events import Event
 from tracker.models import Notification
 from tracker.records import NotificationRecord
+from tracker.vocabulary import EVENT_TRIGGERS, TERMINAL, TRIGGERS, notify_burst_key, notify_digests_key, notify_due_key
 
 __all__ = [
     "CHANNELS", "ORIGINS", "PRIORITIES", "TYPES", "TRIGGERS", "TEMPLATE_FIELDS", "DELIVERY_STATUSES",
@@ -71,18 +72,8 @@ PRIORITIES = ("urgent", "high", "normal", "low")
 TYPES = ("info", "success", "warning", "error", "progress")
 DELIVERY_STATUSES = ("pending", "sent", "failed", "retrying")
 
-#: Stream event type -> the trigger name a rule's ``on`` uses.
-EVENT_TRIGGERS = {
-    "task.completed": "completed",
-    "task.failed": "failed",
-    "task.retry": "retry",
-    "task.stalled": "stalled",
-    "task.cancelled": "cancelled",
-    "task.started": "started",
-    "task.paused": "paused",
-    "task.resumed": "resumed",
-}
-TRIGGERS = (*EVENT_TRIGGERS.values(), "progress")
+# EVENT_TRIGGERS (stream event type -> the trigger name a rule's ``on`` uses) and TRIGGERS are the
+# vocabulary's (tracker.vocabulary), imported above and kept here by name.
 
 _DEFAULT_TYPE = {"completed": "success", "failed": "error", "retry": "warning", "stalled": "warning",
                  "cancelled": "warning", "started": "info", "paused": "info", "resumed": "info",
@@ -445,7 +436,7 @@ def dedup_key(rule: Rule, trigger: Trigger, event: Event) -> str:
     the stream entry (a redelivered entry is never stored twice)."""
     if event.task_id and trigger.threshold is not None:
         return f"{rule.id}:{event.task_id}:{trigger.label}"
-    if event.task_id and trigger.name in ("completed", "failed", "cancelled"):
+    if event.task_id and trigger.name in TERMINAL:  # a task ends once
         return f"{rule.id}:{event.task_id}:{trigger.name}"
     retries = event.data.get("retries")
     if event.task_id and trigger.name == "retry" and isinstance(retries, int):
@@ -613,11 +604,11 @@ def notification_record(row: Any) -> NotificationRecord:
 
 # -- the delivery queue --------------------------------------------------------------------------------
 def due_key(prefix: str) -> str:
-    return f"{prefix}:notify:due"
+    return notify_due_key(prefix)
 
 
 def digests_key(prefix: str) -> str:
-    return f"{prefix}:notify:digests"
+    return notify_digests_key(prefix)
 
 
 def due_member(notification_id: int, channel: str) -> str:
@@ -656,7 +647,7 @@ class BurstScope:
 
     def key(self, prefix: str, ts: float) -> str:
         digest = hashlib.sha1(self.ident.encode()).hexdigest()[:16]
-        return f"{prefix}:notify:burst:{self.kind}:{digest}:{int(window_start(ts, self.window) * 1000)}"
+        return notify_burst_key(prefix, self.kind, digest, int(window_start(ts, self.window) * 1000))
 
 
 def window_start(ts: float, window: float) -> float:

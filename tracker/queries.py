@@ -37,7 +37,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog
+from tracker.records import GroupProgress
 from tracker.status import check_status
+from tracker.vocabulary import STATUSES, TERMINAL
 
 __all__ = [
     "group_progress", "group_progress_summary", "GROUP_PROGRESS_CAP",
@@ -361,8 +363,8 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
 # -- canvas: groups, chords and chains -----------------------------------------------------------------
 #: Combined progress stays below this until every member has finished, so 100 means "all done".
 GROUP_PROGRESS_CAP = 99.9
-_FINISHED = ("completed", "failed", "cancelled")
-_ALL_STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled")
+_FINISHED = tuple(s.value for s in STATUSES if s in TERMINAL)
+_ALL_STATUSES = tuple(s.value for s in STATUSES)
 
 
 def group_progress(group_id: str) -> Select[Any]:
@@ -385,7 +387,7 @@ def group_progress(group_id: str) -> Select[Any]:
     return select(*cols).select_from(Task).where(or_(Task.group_id == group_id, Task.root_id == group_id))
 
 
-def group_progress_summary(group_id: str, row: Any, size: int | None = None) -> dict[str, Any]:
+def group_progress_summary(group_id: str, row: Any, size: int | None = None) -> GroupProgress:
     """Combined progress of the members in ``row`` (from :func:`group_progress`).
 
     ``progress`` is the mean of the members' progress, a finished member (completed, failed
@@ -408,10 +410,8 @@ def group_progress_summary(group_id: str, row: Any, size: int | None = None) -> 
     else:
         mean = (float(m.get("unfinished_progress") or 0.0) + 100.0 * finished) / total
         progress = min(mean, GROUP_PROGRESS_CAP)
-    updated = m.get("updated_at")
-    return {"group_id": group_id, "total": total, "finished": finished, "done": total > 0 and finished == total,
-            "progress": progress, "counts": counts,
-            "updated_at": updated.isoformat() if isinstance(updated, datetime) else updated}
+    return GroupProgress(group_id=group_id, total=total, finished=finished, done=total > 0 and finished == total,
+                         progress=progress, counts=counts, updated_at=m.get("updated_at"))
 
 
 # -- stats --------------------------------------------------------------------------------------------
@@ -422,9 +422,9 @@ def stats(since: Any = None, until: Any = None, group_by: Any = "task_type", use
     t0, t1 = parse_time(since, "since"), parse_time(until, "until")
     key = _GROUPS[group_by].label("group") if group_by else literal("all").label("group")
     duration = extract("epoch", Task.finished_at - Task.started_at)
-    finished = Task.status.in_(("completed", "failed", "cancelled"))
+    finished = Task.status.in_(_FINISHED)
     cols: list[Any] = [key, func.count().label("total")]
-    for st in ("pending", "running", "paused", "completed", "failed", "cancelled"):
+    for st in _ALL_STATUSES:
         cols.append(func.count().filter(Task.status == st).label(st))
     done = func.count().filter(Task.status.in_(("completed", "failed")))
     cols.append((cast(func.count().filter(Task.status == "completed"), Double) / func.nullif(done, 0))

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-__all__ = ["TaskRecord", "LogRecord", "MetricRecord", "NotificationRecord", "ProgressPoint", "to_jsonable"]
+__all__ = ["TaskRecord", "LogRecord", "MetricRecord", "NotificationRecord", "ProgressPoint", "GroupProgress",
+           "to_jsonable"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -120,3 +121,20 @@ class NotificationRecord(_Record):
     created_at: datetime | None = None
     delivery: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupProgress(_Record):
+    """Combined progress of a group, chord header or chain (:meth:`tracker.Tracker.group_progress`).
+
+    ``progress`` is the mean of the members' progress, a finished member counting 100: it is 100
+    exactly when ``done`` (every member finished). ``counts`` maps each status to its members.
+    """
+
+    group_id: str
+    total: int = 0
+    finished: int = 0
+    done: bool = False
+    progress: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    updated_at: datetime | None = None

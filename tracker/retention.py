@@ -22,6 +22,8 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tracker.vocabulary import TERMINAL, status_sql_list
+
 __all__ = [
     "PURGE_LOCK",
     "TARGETS",
@@ -44,7 +46,7 @@ MAX_BATCH = 1_000_000
 #: (time column, condition) pair matches an index (see the models and migration 0002), so a
 #: batch walks the index in time order instead of scanning the table.
 TARGETS: tuple[tuple[str, str, str, str], ...] = (
-    ("tasks", "tracker_tasks", "finished_at", "status IN ('completed','failed','cancelled')"),
+    ("tasks", "tracker_tasks", "finished_at", f"status IN {status_sql_list(TERMINAL)}"),
     ("logs", "tracker_logs", "ts", ""),
     ("progress", "tracker_progress", "ts", ""),
     ("metrics", "tracker_metrics", "ts", ""),

@@ -1,23 +1,10 @@
-"""Task statuses and the checks applied to them."""
+"""Task statuses (defined in :mod:`tracker.vocabulary`) and the checks applied to them."""
 
 from __future__ import annotations
 
-from enum import StrEnum
+from tracker.vocabulary import ACTIVE, TERMINAL, Status
 
 __all__ = ["Status", "TERMINAL", "ACTIVE", "check_status", "check_progress"]
-
-
-class Status(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
-ACTIVE = frozenset({Status.RUNNING, Status.PAUSED})
 
 
 def check_status(value: object) -> Status:

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from tracker.api import Tracker
+from tracker.demo.services import PostgresServer, RedisServer
 from tracker.migrate import upgrade
-from tracker.services import PostgresServer, RedisServer
 
 __all__ = ["TrackedApp", "tracker_postgres", "tracker_redis", "tracker_database_url", "tracker_redis_url", "tracker",
            "track_app"]

@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from tracker.events import Event
+from tracker.vocabulary import CloseCode
 from webgate import frames
 
 __all__ = ["FeedSettings", "Conn", "Hub", "Item", "id_key", "TOPIC_KINDS"]
@@ -291,7 +292,7 @@ class Hub:
             if conn.loading is not None:
                 conn.loading.extend(items)
                 if len(conn.loading) > self.settings.max_replay_backlog:
-                    self.close(conn, 1013, "too slow: reconnect and resume with since")
+                    self.close(conn, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
             else:
                 self.deliver(conn, items)
 
@@ -328,7 +329,7 @@ class Hub:
             else:
                 held[next(_unique)] = frame
         if len(held) > self.settings.max_queue:
-            self.close(conn, 1013, "too slow: reconnect and resume with since")
+            self.close(conn, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
             return
         if conn not in self.backlogged:
             self.backlogged.add(conn)
@@ -396,7 +397,7 @@ class Hub:
         """Stop routing to ``conn`` and close it with ``code`` (in the background)."""
         if conn.closed and conn not in self.conns:
             return
-        if code == 1013:
+        if code == CloseCode.TRY_AGAIN_LATER:
             self.slow_closed += 1
             logger.info("feed: closing a slow client of user %s (1013)", conn.user_id)
         self.disconnect(conn)
@@ -415,7 +416,7 @@ class Hub:
         if conn.transport.get_write_buffer_size() == 0:
             handle.cancel()
 
-    async def shutdown(self, code: int = 1001, timeout: float = 5.0) -> None:
+    async def shutdown(self, code: int = CloseCode.GOING_AWAY, timeout: float = 5.0) -> None:
         """Close every socket (1001 going away) and wait for the closes, bounded."""
         for conn in list(self.conns):
             self.close(conn, code, "server shutting down")

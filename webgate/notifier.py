@@ -41,6 +41,7 @@ from tracker import queries as q
 from tracker.config import TrackerConfig
 from tracker.events import decode
 from tracker.records import NotificationRecord
+from tracker.retry import reconnecting
 from webgate.channels import (
     Channel,
     DeliveryError,
@@ -218,44 +219,39 @@ class Notifier:
                 raise
 
     async def _consume_loop(self) -> None:
-        backoff = 0.0
         own_pending = True  # entries handed to us but not acknowledged (after an error)
         last_claim = -1e9
         group_ready = False
-        while not self._stopping:
-            try:
-                if not group_ready:
-                    await self._ensure_group()
-                    group_ready = True
-                if time.monotonic() - last_claim >= self.claim_every:
-                    last_claim = time.monotonic()
-                    await self._claim_stale()
-                start = "0" if own_pending else ">"
-                resp: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start}, count=100,
-                                                   block=None if own_pending else 1000)
-                entries = resp[0][1] if resp else []
-                if own_pending and not entries:
-                    own_pending = False
-                await self._handle_batch(entries)
-                backoff = 0.0
-            except asyncio.CancelledError:
-                raise
-            except aioredis.ResponseError as exc:
+
+        def failed(exc: BaseException) -> None:
+            nonlocal own_pending, group_ready
+            own_pending = True
+            if isinstance(exc, aioredis.ResponseError):
                 if "NOGROUP" in str(exc):  # the stream or group was deleted: start again
                     group_ready = False
                 else:
-                    logger.exception("notifier: Redis refused a command")
-                own_pending = True
-                backoff = min(5.0, max(0.1, backoff * 2))
-                await asyncio.sleep(backoff)
-            except Exception as exc:
-                if isinstance(exc, _TRANSIENT):
-                    logger.warning("notifier: store or bus unavailable (%s); retrying", exc)
-                else:
-                    logger.exception("notifier: unexpected error")
-                own_pending = True
-                backoff = min(5.0, max(0.1, backoff * 2))
-                await asyncio.sleep(backoff)
+                    logger.error("notifier: Redis refused a command", exc_info=exc)
+            elif isinstance(exc, _TRANSIENT):
+                logger.warning("notifier: store or bus unavailable (%s); retrying", exc)
+            else:
+                logger.error("notifier: unexpected error", exc_info=exc)
+
+        while not self._stopping:
+            async for attempt in reconnecting(first=0.1, most=5.0, on_error=failed):
+                with attempt:
+                    if not group_ready:
+                        await self._ensure_group()
+                        group_ready = True
+                    if time.monotonic() - last_claim >= self.claim_every:
+                        last_claim = time.monotonic()
+                        await self._claim_stale()
+                    start = "0" if own_pending else ">"
+                    resp: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
+                                                            count=100, block=None if own_pending else 1000)
+                    entries = resp[0][1] if resp else []
+                    if own_pending and not entries:
+                        own_pending = False
+                    await self._handle_batch(entries)
 
     async def _claim_stale(self) -> None:
         """Take over entries a dead gateway read but never acknowledged."""
@@ -402,42 +398,45 @@ class Notifier:
             return (await conn.execute(stmt)).first()
 
     # -- delivering -----------------------------------------------------------------------------------
+    async def _nap(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when woken (something to deliver, or stop)."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, and the loop would never stop.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
     async def _deliver_loop(self) -> None:
         next_digest = next_reconcile = 0.0
-        backoff = 0.0
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, _TRANSIENT):
+                logger.warning("notifier: cannot reach Redis or PostgreSQL (%s)", exc)
+            else:
+                logger.error("notifier: delivery loop error", exc_info=exc)
+
         while not self._stopping:
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-                # arrives as the event is set, and the loop would never stop.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff or POLL_INTERVAL):
-                        await self._wake.wait()
-                if self._stopping:
-                    return
-                self._wake.clear()
-                now = time.time()
-                free = MAX_INFLIGHT - len(self._inflight)
-                if free > 0:
-                    lease = now + self.config.notify_timeout + 30.0
-                    for member in await self._claim(keys=[self.due_key], args=[now, lease, free]):
-                        task = asyncio.create_task(self.deliver(_s(member)))
-                        self._inflight.add(task)
-                        task.add_done_callback(self._inflight.discard)
-                if now >= next_digest:
-                    next_digest = now + 0.5
-                    await self._flush_digests()
-                if now >= next_reconcile:
-                    next_reconcile = now + RECONCILE_EVERY
-                    await self._reconcile()
-                backoff = 0.0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if isinstance(exc, _TRANSIENT):
-                    logger.warning("notifier: cannot reach Redis or PostgreSQL (%s)", exc)
-                else:
-                    logger.exception("notifier: delivery loop error")
-                backoff = min(5.0, max(0.2, backoff * 2))
+            await self._nap(POLL_INTERVAL)
+            # After a failure the pause is a nap too: a wake (or stop) cuts it short.
+            async for attempt in reconnecting(first=0.2, most=5.0, on_error=failed, sleep=self._nap):
+                with attempt:
+                    if self._stopping:
+                        return
+                    self._wake.clear()
+                    now = time.time()
+                    free = MAX_INFLIGHT - len(self._inflight)
+                    if free > 0:
+                        lease = now + self.config.notify_timeout + 30.0
+                        for member in await self._claim(keys=[self.due_key], args=[now, lease, free]):
+                            task = asyncio.create_task(self.deliver(_s(member)))
+                            self._inflight.add(task)
+                            task.add_done_callback(self._inflight.discard)
+                    if now >= next_digest:
+                        next_digest = now + 0.5
+                        await self._flush_digests()
+                    if now >= next_reconcile:
+                        next_reconcile = now + RECONCILE_EVERY
+                        await self._reconcile()
 
     async def deliver(self, member: str) -> None:
         """One attempt at one channel of one notification (claimed from the queue)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tracker import vocabulary
 from webgate.rest import OPERATIONS, Call, Operation, operation, reply
 from webgate.rest_schema import COMPONENTS
 
@@ -76,3 +77,29 @@ def document() -> dict[str, Any]:
            ok=(200, "OpenAPI 3.1 document", {"type": "object"}))
 async def openapi_json(call: Call) -> web.Response:
     return reply(document())
+
+
+#: The shape of :func:`tracker.vocabulary.as_json`.
+_VOCABULARY = {
+    "type": "object",
+    "required": ["statuses", "terminal", "active", "event_types", "event_status", "triggers", "close_codes"],
+    "properties": {
+        "statuses": {"type": "array", "items": {"type": "string"}},
+        "terminal": {"type": "array", "items": {"type": "string"}},
+        "active": {"type": "array", "items": {"type": "string"}},
+        "event_types": {"type": "array", "items": {"type": "string"}},
+        "event_status": {"type": "object", "additionalProperties": {"type": "string"}},
+        "triggers": {"type": "array", "items": {"type": "string"}},
+        "close_codes": {"type": "object", "additionalProperties": {"type": "integer"}},
+    },
+}
+
+
+@operation("GET", "/vocabulary", operation_id="vocabulary", tag="meta", auth=False,
+           summary="Statuses (all, terminal, active), event types and the status each leaves a task in, "
+                   "notification triggers and the feed's close codes",
+           description="What clients such as the dashboard need to interpret tasks and events, from the one "
+                       "place the server defines it (tracker.vocabulary).",
+           ok=(200, "The vocabulary", _VOCABULARY))
+async def vocabulary_json(call: Call) -> web.Response:
+    return reply(vocabulary.as_json())

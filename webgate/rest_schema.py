@@ -11,12 +11,14 @@ import json
 import math
 from typing import Any
 
+from tracker import vocabulary
+
 __all__ = ["COMPONENTS", "SchemaError", "validate", "check_text", "ref", "nullable", "STATUSES", "LEVELS",
            "CHARTS", "ID", "page_of", "MAX_JSON_BYTES"]
 
 Schema = dict[str, Any]
 
-STATUSES = ["pending", "running", "paused", "completed", "failed", "cancelled"]
+STATUSES = [s.value for s in vocabulary.STATUSES]
 LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 CHARTS = ["progress-chart", "status-distribution", "performance-metrics", "activity-heatmap"]
 INT32 = 2**31 - 1

@@ -13,8 +13,8 @@ import pytest
 from celery import Celery
 
 import signals
+from tracker.demo.services import PostgresServer, RedisServer
 from tracker.migrate import upgrade
-from tracker.services import PostgresServer, RedisServer
 
 
 @pytest.fixture()

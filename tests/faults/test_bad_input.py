@@ -33,8 +33,8 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import SECRET, GatewayProcess, make_token, wait_for
 from tracker import Tracker
+from tracker.demo.services import PostgresServer, RedisServer
 from tracker.migrate import upgrade
-from tracker.services import PostgresServer, RedisServer
 
 API = "/api/v1/progress"
 STATUSES = ["pending", "running", "paused", "completed", "failed", "cancelled"]

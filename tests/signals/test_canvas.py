@@ -31,27 +31,27 @@ def test_group_of_ten_reaches_100_exactly_when_all_finish(tracked_app: Any, work
         known = tracker.group_progress(res.id)
         finished = _all_finished(tracker, member_ids)  # read after: a finished member stays finished
         samples.append((sized, known, finished))
-        if sized["done"]:
+        if sized.done:
             break
         time.sleep(0.05)
 
     for sized, known, finished_after in samples:
         for summary in (sized, known):
-            if summary["progress"] == 100.0 or summary["done"]:
+            if summary.progress == 100.0 or summary.done:
                 # 100 means every member has finished, and every member really has.
-                assert summary["done"] and summary["progress"] == 100.0
-                assert summary["counts"]["completed"] == summary["total"]
+                assert summary.done and summary.progress == 100.0
+                assert summary.counts["completed"] == summary.total
                 assert finished_after
             else:
-                assert summary["progress"] <= queries.GROUP_PROGRESS_CAP
-                assert summary["finished"] < summary["total"] or summary["total"] == 0  # not recorded yet
-        assert sized["total"] == 10
-    sized_values = [s["progress"] for s, _, _ in samples]
+                assert summary.progress <= queries.GROUP_PROGRESS_CAP
+                assert summary.finished < summary.total or summary.total == 0  # not recorded yet
+        assert sized.total == 10
+    sized_values = [s.progress for s, _, _ in samples]
     assert sized_values == sorted(sized_values)  # combined progress only moves forward
     assert any(0 < v < 100 for v in sized_values), "combined progress moved through the middle"
     final = tracker.group_progress(res.id)
-    assert final["progress"] == 100.0 and final["done"]
-    assert final["total"] == 10 and final["counts"]["completed"] == 10 and final["counts"]["running"] == 0
+    assert final.progress == 100.0 and final.done
+    assert final.total == 10 and final.counts["completed"] == 10 and final.counts["running"] == 0
     members = tracker.tasks(group_id=res.id)
     assert sorted(r.task_id for r in members) == sorted(member_ids)
     assert all(r.group_id == res.id and r.root_id == r.task_id and r.parent_id is None for r in members)
@@ -68,7 +68,7 @@ def test_chain_members_share_the_root(tracked_app: Any, worker: Any, tracker: An
     assert second.root_id == third.root_id == first.task_id
     assert second.parent_id == first.task_id and third.parent_id == second.task_id
     summary = tracker.group_progress(first.task_id, size=3)
-    assert summary["progress"] == 100.0 and summary["done"] and summary["counts"]["completed"] == 3
+    assert summary.progress == 100.0 and summary.done and summary.counts["completed"] == 3
 
 
 def test_chain_progress_is_not_done_before_its_last_task(tracked_app: Any, worker: Any, tracker: Any) -> None:
@@ -82,12 +82,12 @@ def test_chain_progress_is_not_done_before_its_last_task(tracked_app: Any, worke
         assert time.monotonic() < deadline
         summary = tracker.group_progress(first_id)  # no size: only the members recorded so far
         last_done = (r := tracker.get(res.id)) is not None and r.status == "completed"
-        seen.append(summary["progress"])
+        seen.append(summary.progress)
         # The next task is recorded (pending) before the previous one is recorded completed.
-        assert summary["done"] is False or last_done
+        assert summary.done is False or last_done
         time.sleep(0.05)
     assert any(0 < p < 100 for p in seen)
-    assert tracker.group_progress(first_id)["progress"] == 100.0
+    assert tracker.group_progress(first_id).progress == 100.0
 
 
 @pytest.fixture()
@@ -118,8 +118,8 @@ def test_chord_header_and_body_are_one_group(tracked_app: Any, make_worker: Any,
         rec = tracker.get(task_id)
         assert rec.group_id == group_id and rec.status == "completed"
     summary = tracker.group_progress(group_id)
-    assert summary["total"] == 4 and summary["counts"]["completed"] == 4  # header and body together
-    assert summary["progress"] == 100.0 and summary["done"]
+    assert summary.total == 4 and summary.counts["completed"] == 4  # header and body together
+    assert summary.progress == 100.0 and summary.done
     # Collecting the results also lets Celery drop its subscriptions to them.
     assert res.get(timeout=10) == 3
     assert res.parent.get(timeout=10) == [[0, 1, 2, 3]] * 3
@@ -127,8 +127,8 @@ def test_chord_header_and_body_are_one_group(tracked_app: Any, make_worker: Any,
 
 def test_group_progress_input_and_empty_groups(tracker_env: dict[str, str], tracker: Any) -> None:
     empty = tracker.group_progress("no-such-group")
-    assert empty["total"] == 0 and empty["progress"] == 0.0 and not empty["done"]
-    assert tracker.group_progress("no-such-group", size=4)["counts"]["pending"] == 4
+    assert empty.total == 0 and empty.progress == 0.0 and not empty.done
+    assert tracker.group_progress("no-such-group", size=4).counts["pending"] == 4
     with pytest.raises(TypeError):
         tracker.group_progress(42)
     with pytest.raises(ValueError):
@@ -148,7 +148,14 @@ def test_group_progress_input_and_empty_groups(tracker_env: dict[str, str], trac
     with tracker.engine.begin() as conn:
         conn.execute(update(Task).where(Task.task_id.in_([a, b])).values(group_id=gid))
     summary = tracker.group_progress(gid)
-    assert summary["total"] == 2 and summary["progress"] == pytest.approx(70.0) and not summary["done"]
-    assert summary["counts"] == {"pending": 0, "running": 1, "paused": 0, "completed": 1, "failed": 0,
-                                 "cancelled": 0}
-    assert tracker.group_progress(gid, size=4)["progress"] == pytest.approx(35.0)
+    assert summary.total == 2 and summary.progress == pytest.approx(70.0) and not summary.done
+    assert summary.counts == {"pending": 0, "running": 1, "paused": 0, "completed": 1, "failed": 0,
+                              "cancelled": 0}
+    assert tracker.group_progress(gid, size=4).progress == pytest.approx(35.0)
+    # A frozen record like the others; to_dict() is the JSON the summary always had.
+    with pytest.raises(AttributeError):
+        summary.progress = 0.0  # type: ignore[misc]
+    assert summary.updated_at is not None
+    assert summary.to_dict() == {"group_id": gid, "total": 2, "finished": 1, "done": False,
+                                 "progress": summary.progress, "counts": summary.counts,
+                                 "updated_at": summary.updated_at.isoformat()}

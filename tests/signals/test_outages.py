@@ -10,9 +10,9 @@ import redis as redis_lib
 
 from tests.conftest import wait_for
 from tracker import Tracker
+from tracker.demo.services import PostgresServer, RedisServer
 from tracker.events import decode
 from tracker.migrate import upgrade
-from tracker.services import PostgresServer, RedisServer
 
 N = 20
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from rich.console import Console
 
-from tracker.demo_view import StoredCounts, summary_table
+from tracker.demo.view import StoredCounts, summary_table
 from tracker.records import TaskRecord
 
 

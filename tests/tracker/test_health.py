@@ -312,7 +312,7 @@ async def test_gateways_sweep_continuously_and_report_once(tracker_env: dict[str
 def test_sweep_without_redis_still_marks_lost_tasks(tracker_env: dict[str, str], tracker: Any, sql: Any) -> None:
     import redis as redis_lib
 
-    from tracker.services import free_port
+    from tracker.demo.services import free_port
 
     config = replace(TrackerConfig.from_env(), worker_lost_after=5.0, stall_after=3600.0)
     lost = fake_task(sql, heartbeat_age=60)

@@ -334,7 +334,7 @@ def test_read_unread_delete_and_user_scoping(iso_tracker):
 def test_notifications_are_queued_later_when_redis_is_down(tracker_env, sql):
     """Storing never depends on Redis: the rows stay pending for a gateway's sweep."""
     user = uid("u")
-    from tracker.services import free_port
+    from tracker.demo.services import free_port
 
     cfg = replace(TrackerConfig.from_env(), redis_url=f"redis://127.0.0.1:{free_port()}/0")
     with Tracker(config=cfg) as t:

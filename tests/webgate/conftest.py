@@ -18,8 +18,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import SECRET
 from tracker.config import TrackerConfig
+from tracker.demo.services import free_port
 from tracker.events import Event, encode
-from tracker.services import free_port
 
 __all__ = ["FeedGateway", "Publisher", "recv", "recv_until", "ws_connect", "token_for"]
 

@@ -25,8 +25,8 @@ from tests.conftest import Worker, wait_for
 from tracker import Tracker
 from tracker import notify as nt
 from tracker.config import TrackerConfig
+from tracker.demo.services import free_port
 from tracker.events import Event, encode
-from tracker.services import free_port
 from webgate import create_app
 from webgate import notifier as nf
 from webgate.channels import (

@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from tests.conftest import ROOT, SECRET, make_token
-from tracker.services import free_port
+from tracker.demo.services import free_port
 from webgate.auth import SecretError, check_secret, decode_token
 
 WEAK = {

@@ -10,11 +10,15 @@
   const API = "/api/v1/progress";
   const TOKEN_KEY = "celery-tracking.token";
   const MAX_ROWS = 500;
-  const TERMINAL = new Set(["completed", "failed", "cancelled"]);
-  const STATUS_OF_EVENT = {
-    "task.pending": "pending", "task.started": "running", "task.paused": "paused", "task.resumed": "running",
-    "task.retry": "pending", "task.completed": "completed", "task.failed": "failed", "task.cancelled": "cancelled",
-  };
+  // Statuses and what each event leaves a task in come from the server (tracker.vocabulary), not a copy.
+  let TERMINAL = new Set();
+  let STATUS_OF_EVENT = {};
+  const vocabularyReady = fetch(API + "/vocabulary").then(async (resp) => {
+    if (!resp.ok) throw new Error("the gateway did not answer " + API + "/vocabulary (" + resp.status + ")");
+    const vocabulary = await resp.json();
+    TERMINAL = new Set(vocabulary.terminal);
+    STATUS_OF_EVENT = vocabulary.event_status;
+  });
   const PLOT_CONFIG = {displayModeBar: false, responsive: true};
 
   const state = {
@@ -110,6 +114,7 @@
   }
 
   async function signIn(token) {
+    await vocabularyReady;
     const who = decodeToken(token);
     if (!who) throw new Error("That is not a token: paste the output of `tracker token USER`.");
     try {
@@ -590,7 +595,7 @@
     }
   }
 
-  document.addEventListener("DOMContentLoaded", () => {
+  document.addEventListener("DOMContentLoaded", async () => {
     $("login-form").addEventListener("submit", async (e) => {
       e.preventDefault();
       const button = $("login-button");
@@ -622,6 +627,12 @@
     $("chart-refresh").addEventListener("click", loadCharts);
     $("chart-range").addEventListener("change", loadCharts);
     setInterval(tick, 1000);
+    try {
+      await vocabularyReady;
+    } catch (err) {
+      showLogin("The dashboard cannot start: " + err.message);
+      return;
+    }
 
     // A sign-in link (`tracker demo` prints one) carries the token in the fragment, which never
     // reaches the server or its access log; it is taken out of the address bar at once so it is

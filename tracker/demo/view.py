@@ -19,6 +19,7 @@ from rich.text import Text
 from tracker.api import Tracker
 from tracker.events import Event
 from tracker.records import TaskRecord
+from tracker.vocabulary import EVENT_STATUS
 
 __all__ = ["LiveView", "stream_tail", "summary_table", "render_summary", "StoredCounts", "stored_counts"]
 
@@ -26,10 +27,7 @@ _STATUS_STYLE = {
     "pending": "yellow", "running": "cyan", "paused": "magenta", "completed": "green", "failed": "red",
     "cancelled": "bright_black",
 }
-_STATUS_OF = {
-    "task.pending": "pending", "task.retry": "pending", "task.started": "running", "task.resumed": "running",
-    "task.paused": "paused", "task.completed": "completed", "task.failed": "failed", "task.cancelled": "cancelled",
-}
+_STATUS_OF = EVENT_STATUS
 
 
 def stream_tail(tracker: Tracker) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tracker.cli import config_from_ctx, main, tracker_from_ctx
+from tracker.cli.root import config_from_ctx, main, tracker_from_ctx
 from tracker.control import plan
 
 __all__ = ["pause", "resume", "cancel", "sweep", "purge"]
@@ -58,7 +58,7 @@ def resume(ctx: click.Context, task_id: str) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, task_id: str, terminate: bool) -> None:
     """Cancel a task: a queued one never runs, a running TrackedTask stops at its next check."""
-    from tracker.cli import celery_app_from_ctx
+    from tracker.cli.root import celery_app_from_ctx
 
     if terminate and celery_app_from_ctx(ctx) is None:
         raise click.UsageError("--terminate needs the Celery app: pass --app MODULE or use `celery -A proj tracker`")

@@ -21,19 +21,17 @@ from rich.progress import BarColumn, Progress, ProgressColumn, TaskProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from tracker.cli import main, tracker_from_ctx
+from tracker.cli.root import main, tracker_from_ctx
 from tracker.events import TERMINAL_EVENTS, Event
 from tracker.records import LogRecord, TaskRecord
 from tracker.status import TERMINAL, Status
+from tracker.vocabulary import EVENT_STATUS, OPEN, STATUSES
 
 __all__ = ["tasks", "show", "logs", "watch", "stats", "export", "format_duration"]
 
 STATUS_STYLE = {"pending": "grey62", "running": "blue", "paused": "yellow", "completed": "green",
                 "failed": "red", "cancelled": "grey50"}
 LEVEL_STYLE = {"DEBUG": "grey50", "INFO": "cyan", "WARNING": "yellow", "ERROR": "red", "CRITICAL": "bold red"}
-_STATUS_EVENT = {"task.completed": "completed", "task.failed": "failed", "task.cancelled": "cancelled",
-                 "task.paused": "paused", "task.resumed": "running", "task.started": "running",
-                 "task.pending": "pending", "task.retry": "pending"}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -268,7 +266,7 @@ class _EtaColumn(ProgressColumn):
 
     def render(self, task: Any) -> Text:
         status = task.fields.get("status", "")
-        if status in ("completed", "failed", "cancelled"):
+        if status in TERMINAL:
             return Text("")
         eta = task.fields.get("eta")
         return Text("eta " + format_duration(eta) if eta is not None else "", style="grey50")
@@ -307,7 +305,7 @@ class _Board:
         self.progress.update(row, completed=pct, **fields)
 
     def finished(self, ids: list[str]) -> bool:
-        return all(self.status.get(i) in ("completed", "failed", "cancelled") for i in ids)
+        return all(self.status.get(i) in TERMINAL for i in ids)
 
 
 def _status_text(task: Any) -> Text:
@@ -342,7 +340,7 @@ def watch(ctx: click.Context, task_ids: tuple[str, ...], user_id: str | None, ti
             if missing:
                 raise click.ClickException(f"no task {sorted(missing)[0]!r}")
         else:
-            initial = list(t.tasks(user_id=user_id, status=["pending", "running", "paused"], limit=200))
+            initial = list(t.tasks(user_id=user_id, status=[s.value for s in STATUSES if s in OPEN], limit=200))
         events = t.watch(user_id=user_id, since=tail, timeout=timeout)
         if as_json:
             _watch_json(events, wanted, initial)
@@ -398,13 +396,13 @@ def _apply(board: _Board, ev: Event) -> None:
     if tid not in board.rows:
         if ev.type not in ("task.pending", "task.started", "task.progress"):
             return
-        board.add(tid, d.get("name"), _STATUS_EVENT.get(ev.type, "running"), float(d.get("progress") or 0.0),
+        board.add(tid, d.get("name"), EVENT_STATUS.get(ev.type, "running"), float(d.get("progress") or 0.0),
                   d.get("current_step"), d.get("eta_seconds"))
     if ev.type == "task.progress":
         board.update(tid, pct=float(d.get("progress") or 0.0), step=d.get("current_step"), eta=d.get("eta_seconds"))
-    elif ev.type in _STATUS_EVENT:
+    elif ev.type in EVENT_STATUS:
         pct = d.get("progress")
-        board.update(tid, status=_STATUS_EVENT[ev.type], pct=None if pct is None else float(pct),
+        board.update(tid, status=EVENT_STATUS[ev.type], pct=None if pct is None else float(pct),
                      eta=d.get("eta_seconds"))
 
 
@@ -427,7 +425,7 @@ def stats(ctx: click.Context, since: str | None, until: str | None, group_by: st
         _echo_json(result)
         return
     table = Table(header_style="bold", show_footer=True)
-    cols = ["total", "pending", "running", "paused", "completed", "failed", "cancelled"]
+    cols = ["total", *STATUSES]
     table.add_column(group_by if group_by != "none" else "", footer="all")
     overall = result["overall"]
     for c in cols:

@@ -2,7 +2,7 @@
 
 With no server URLs configured it starts throw-away PostgreSQL and Redis from the local
 binaries, migrates, starts a real prefork worker and the gateway as subprocesses, publishes
-the example workload of :mod:`tracker.demo_app`, prints the dashboard URL with an admin
+the example workload of :mod:`tracker.demo.app`, prints the dashboard URL with an admin
 token and shows live progress until Ctrl-C (or ``--once`` / ``--duration``). Everything it
 started is stopped in reverse order on the way out, whatever the reason: SIGINT, SIGTERM, an
 error or the end of the run.
@@ -30,12 +30,12 @@ from typing import Any
 import click
 from rich.console import Console
 
-from tracker.cli import main
-from tracker.services import PostgresServer, RedisServer, free_port
+from tracker.demo.services import PostgresServer, RedisServer, free_port
+from tracker.vocabulary import TERMINAL
 
 __all__ = ["demo", "Child"]
 
-_TERMINAL = ("completed", "failed", "cancelled")
+_TERMINAL = TERMINAL
 
 
 class Child:
@@ -135,7 +135,7 @@ def _wait_final(tracker: Any, task_ids: list[str], run_tag: str, timeout: float,
     return records
 
 
-@main.command()
+@click.command()
 @click.option("--once", is_flag=True, help="Run the workload once, print the stored records and exit.")
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: Ctrl-C).")
 @click.option("--waves", type=int, default=1, show_default=True, help="How many times to publish the workload.")
@@ -177,6 +177,20 @@ def demo(once: bool, duration: float | None, waves: int, scale: float, concurren
         sys.exit(code)
 
 
+def _server(stack: ExitStack, console: Console, label: str, env_name: str,
+            server_type: type[PostgresServer] | type[RedisServer]) -> str:
+    """The URL in ``env_name``, else that of a throw-away server stopped when ``stack`` closes."""
+    url = os.environ.get(env_name)
+    if url:
+        console.print(f"using {label} from {env_name}")
+        return url
+    server = server_type()
+    stack.callback(server.cleanup)
+    console.print(f"starting a throw-away {label}...")
+    server.start()
+    return server.url
+
+
 def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | None, waves: int, scale: float,
          concurrency: int, port: int, timeout: float, workdir: str | None) -> bool:
     started = time.monotonic()
@@ -188,24 +202,8 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
         work = Path(tempfile.mkdtemp(prefix="tracker-demo-"))
         stack.callback(shutil.rmtree, work, True)
 
-    database_url = os.environ.get("TRACKER_DATABASE_URL")
-    redis_url = os.environ.get("TRACKER_REDIS_URL")
-    if not database_url:
-        pg = PostgresServer()
-        stack.callback(pg.cleanup)
-        console.print("starting a throw-away PostgreSQL...")
-        pg.start()
-        database_url = pg.url
-    else:
-        console.print("using PostgreSQL from TRACKER_DATABASE_URL")
-    if not redis_url:
-        rs = RedisServer()
-        stack.callback(rs.cleanup)
-        console.print("starting a throw-away Redis...")
-        rs.start()
-        redis_url = rs.url
-    else:
-        console.print("using Redis from TRACKER_REDIS_URL")
+    database_url = _server(stack, console, "PostgreSQL", "TRACKER_DATABASE_URL", PostgresServer)
+    redis_url = _server(stack, console, "Redis", "TRACKER_REDIS_URL", RedisServer)
 
     from tracker.migrate import upgrade
 
@@ -241,13 +239,13 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
     base = f"http://127.0.0.1:{port}"
 
     worker = Child("worker", [
-        sys.executable, "-m", "celery", "-A", "tracker.demo_app", "worker", "-P", "prefork", "-c", str(concurrency),
+        sys.executable, "-m", "celery", "-A", "tracker.demo.app", "worker", "-P", "prefork", "-c", str(concurrency),
         "-Q", queue, "-n", f"demo-{run}@%h", "--without-mingle", "--without-gossip", "-l", "INFO",
         "--logfile", str(work / "worker.log"),
     ], child_env, work, work / "worker.out")
     stack.callback(worker.stop)
     gateway = Child("gateway", [
-        sys.executable, "-m", "tracker.cli", "--app", "tracker.demo_app", "gateway", "--host", "127.0.0.1",
+        sys.executable, "-m", "tracker.cli", "--app", "tracker.demo.app", "gateway", "--host", "127.0.0.1",
         "--port", str(port), "--no-migrate",
     ], child_env, work, work / "gateway.log")
     stack.callback(gateway.stop, 15.0)
@@ -257,9 +255,9 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
     gateway.wait_until(lambda: _healthy(base), 60)
 
     from signals.runtime import shutdown_all
-    from tracker import demo_app
     from tracker.api import Tracker
-    from tracker.demo_view import LiveView, render_summary, stream_tail
+    from tracker.demo import app as demo_app
+    from tracker.demo.view import LiveView, render_summary, stream_tail
     from webgate.auth import make_token
 
     # The producer's buffered "pending" rows are written before the servers go.

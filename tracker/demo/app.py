@@ -1,7 +1,7 @@
 """The example project behind ``tracker demo``: a small but realistic Celery app.
 
 Shipped inside the package, so ``tracker demo`` works wherever celery-tracking is installed.
-Run a worker with ``celery -A tracker.demo_app worker`` and publish :func:`submit_workload`
+Run a worker with ``celery -A tracker.demo.app worker`` and publish :func:`submit_workload`
 from any process; every task is recorded (``signals.install``), the ``TrackedTask`` ones
 also report progress with steps, logs and metrics. Settings come from the environment:
 ``TRACKER_DATABASE_URL``, ``TRACKER_REDIS_URL`` and ``TRACKER_DEMO_BROKER_URL`` (defaults to
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, group
+from celery.result import GroupResult
 from celery.utils.log import get_task_logger
 
 import signals
@@ -204,7 +205,8 @@ def submit_workload(run_tag: str, queue: str = QUEUE, thumbnails: int = 6) -> Su
         sub.add(resize_images.apply_async(("holiday",), queue=queue).id, resize_images.name)
         g = group(thumbnail.s(i) for i in range(thumbnails)).apply_async(queue=queue)
         sub.group_id = str(g.id)
-        for task_id in _ids(g.results):
+        # A group publishes a GroupResult (the stubs type apply_async as returning an AsyncResult).
+        for task_id in _ids(g.results if isinstance(g, GroupResult) else [g]):
             sub.add(task_id, thumbnail.name)
     with tracking_context(user_id="ops", tags=["maintenance", run_tag]):
         sub.add(nightly_backup.apply_async((["users", "billing", "analytics"],), queue=queue).id,
