@@ -51,7 +51,7 @@ __all__ = [
     "dashboards", "dashboard_by_id", "insert_dashboard", "delete_dashboard", "task_counts",
     "notification_deliveries", "metric_samples_after", "max_metric_id",
     "QUEUE_DEPTH_METRIC", "worker_online", "count_online_workers", "workers", "queue_consumers", "recent_queues",
-    "latest_queue_depths",
+    "latest_queue_depths", "queue_depth_series",
 ]
 
 MAX_LIMIT = 1000
@@ -742,3 +742,13 @@ def latest_queue_depths(within_seconds: float = 300.0) -> Stmt:
                .where(Metric.name == QUEUE_DEPTH_METRIC, Metric.ts > func.now() - timedelta(seconds=within_seconds))
                .ext(distinct_on(queue)).order_by(queue, Metric.ts.desc()))
     return q
+
+
+def queue_depth_series(bucket: Any = "1m", since: Any = None, until: Any = None) -> Stmt:
+    """``(bucket, queue, depth)``: the largest depth sampled per queue and time bucket."""
+    width = parse_bucket(bucket)
+    start = func.date_bin(literal(width), Metric.ts, literal(datetime(2000, 1, 1, tzinfo=UTC))).label("bucket")
+    queue = Metric.labels.op("->>")(literal_column("'queue'"))
+    q: Stmt = select(start, queue.label("queue"), func.max(Metric.value).label("depth"))
+    q = _in_range(q.where(Metric.name == QUEUE_DEPTH_METRIC), Metric.ts, since, until)
+    return q.group_by(text("1"), text("2")).order_by(text("1"), text("2"))

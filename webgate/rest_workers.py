@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from tracker import queries as q
@@ -10,8 +12,9 @@ from webgate.db import fetch_all
 from webgate.errors import json_error
 from webgate.keys import CONFIG
 from webgate.queues import QUEUE_SAMPLER
-from webgate.rest import Call, operation, reply
+from webgate.rest import WHEN, Call, operation, reply, when
 from webgate.rest_schema import COMPONENTS, nullable, ref
+from webgate.visualizations import MAX_BUCKETS, _layout, check_range
 
 __all__: list[str] = []
 
@@ -89,3 +92,29 @@ async def get_worker(call: Call) -> web.Response:
 async def list_queues(call: Call) -> web.Response:
     _admin(call)
     return reply(call.app[QUEUE_SAMPLER].report().to_dict())
+
+
+_CHART_QUERY = {"since": {**WHEN, "default": "-1h"}, "until": WHEN,
+                "bucket": {"type": "string", "maxLength": 16, "default": "1m",
+                           "description": "Bucket width such as 10s, 1m, 5m"}}
+
+
+@operation("GET", "/queues/depth-chart", operation_id="queueDepthChart", tag="workers", query=_CHART_QUERY,
+           summary="Plotly figure: depth of each queue over time, the largest sample per bucket (admin)",
+           ok=(200, "Plotly figure", ref("Figure")), errors=(403,))
+async def queue_depth_chart(call: Call) -> web.Response:
+    _admin(call)
+    a = call.query
+    check_range(a, a["bucket"])
+    rows = await fetch_all(call.app, q.queue_depth_series(a["bucket"], when(a.get("since")), when(a.get("until")))
+                           .limit(MAX_BUCKETS * 20))
+    series: dict[str, tuple[list[Any], list[float]]] = {}
+    for r in rows:
+        xs, ys = series.setdefault(r.queue or "(unnamed)", ([], []))
+        xs.append(r.bucket)
+        ys.append(float(r.depth))
+    data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": xs, "y": ys,
+             "hovertemplate": name + ": %{y:.0f}<extra></extra>"} for name, (xs, ys) in sorted(series.items())]
+    return reply({"data": data, "layout": _layout("Queue depth", xaxis={"type": "date"},
+                                                  yaxis={"title": {"text": "messages"}, "rangemode": "tozero"},
+                                                  showlegend=True)})
