@@ -94,7 +94,7 @@
   async function loadQueueChart() {
     if (!window.Plotly) return;
     try {
-      const fig = await dash().api("GET", "/queues/depth-chart?since=-1h&bucket=1m");
+      const fig = await dash().api("GET", "/queues/depth-chart?since=-30m&bucket=10s");
       fig.layout.autosize = true;
       await Plotly.react("chart-queues", fig.data, fig.layout, PLOT_CONFIG);
       $("chart-queues").dataset.rendered = "true";
