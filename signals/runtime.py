@@ -106,6 +106,8 @@ class Runtime:
             pass
         worker_id = f"{node}:{self.pid}"
         self.recorder.worker(worker_id, node, self.pid, cpu, rss, active, self.processed, self.created)
+        if not active:
+            return  # the load series is kept while the process works; the record has the rest
         labels = {"worker": worker_id}
         if cpu is not None:
             self.reporter.metric("worker.cpu_percent", cpu, unit="percent", labels=labels, publish=False)

@@ -5,8 +5,9 @@ Known queues are those of the app's configuration, of online workers and of rece
 records (re-read every few samples: a scan of recent tasks is not free). Each sample is kept
 in memory for ``GET /queues`` and ``/metrics`` and stored as the ``tracker.queue.depth`` metric
 (label ``queue``) through the gateway's Recorder, so ``metric_series`` and the dashboard's
-chart draw it. Without a Celery app, or with a broker other than Redis, nothing is sampled and
-the reason is kept instead.
+chart draw it; of several gateways one stores each sample (a short-lived slot key in Redis).
+Without a Celery app, or with a broker other than Redis, nothing is sampled and the reason is
+kept instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tracker import queues as broker
 from tracker.records import QueueRecord, QueueReport
 from webgate.db import fetch_all
 from webgate.health import _stop as stop_task
-from webgate.keys import CELERY_APP, CONFIG, REPORTER
+from webgate.keys import CELERY_APP, CONFIG, GATEWAY_ID, REDIS, REPORTER
 
 __all__ = ["setup", "QueueSampler", "QUEUE_SAMPLER", "NAMES_EVERY"]
 
@@ -56,15 +57,20 @@ QUEUE_SAMPLER = web.AppKey("tracker_queue_sampler", QueueSampler)
 _TASK = web.AppKey("tracker_queue_sampler_task", asyncio.Task)
 
 
-async def _sample(app: web.Application, client: Any, names: set[str]) -> None:
+async def _sample(app: web.Application, client: Any, names: set[str], interval: float) -> None:
     config = app[CONFIG]
     consumers = {r.queue: int(r.consumers) for r in await fetch_all(app, q.queue_consumers(config.worker_lost_after))}
     measured = await broker.measure_async(client, names | set(consumers))
     now = time.time()
-    reporter = app[REPORTER]
-    for name, depth, _ in measured:
-        reporter.metric(q.QUEUE_DEPTH_METRIC, float(depth), unit="messages", labels={"queue": name}, ts=now,
-                        publish=False)
+    # Every gateway measures (its replies and /metrics are live), but of several gateways only
+    # the one that takes this sample's slot stores it: the series gets one point per interval.
+    slot = await app[REDIS].set(f"{config.prefix}:queue-sample", app[GATEWAY_ID], nx=True,
+                                px=max(1, int(interval * 900)))
+    if slot:
+        reporter = app[REPORTER]
+        for name, depth, _ in measured:
+            reporter.metric(q.QUEUE_DEPTH_METRIC, float(depth), unit="messages", labels={"queue": name}, ts=now,
+                            publish=False)
     sampler = app[QUEUE_SAMPLER]
     sampler.items = [QueueRecord(n, d, consumers.get(n, 0), age) for n, d, age in measured]
     sampler.reason = None if measured else "no queues known yet: none configured, consumed or in recent tasks"
@@ -84,7 +90,7 @@ async def _loop(app: web.Application, url: str) -> None:
                 if n % NAMES_EVERY == 0:
                     recent = {r.queue for r in await fetch_all(app, q.recent_queues())}
                 n += 1
-                await _sample(app, client, configured | recent)
+                await _sample(app, client, configured | recent, interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker or store away: the next sample catches up
