@@ -23,7 +23,7 @@ def test_workers_and_queues_tabs_are_live(page, gateway_process, tracked_app, ma
     assert page.inner_text(row + " td:nth-child(3)") == "2"  # pool size
     assert w.queue in page.inner_text(row)
     # A task starts: the tab shows it running without a reload, then idle again.
-    running = sleep.apply_async((3.0,), queue=w.queue)
+    running = sleep.apply_async((2.0,), queue=w.queue)
     until(page, f"document.querySelector('{row} .worker-active').textContent === '1'", timeout=20)
     assert running.id in (page.get_attribute(row + " .worker-active", "title") or "")
     running.get(timeout=30)

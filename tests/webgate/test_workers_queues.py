@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -48,10 +49,10 @@ async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, trac
                                                               config: TrackerConfig) -> None:
     from tests.apps.tasks import sleep
 
-    w1 = make_worker(concurrency=2, extra_env=FAST)
-    w2 = make_worker(concurrency=3, extra_env=FAST)
-    running = [sleep.apply_async((4.0,), queue=w1.queue) for _ in range(2)]
-    running.append(sleep.apply_async((4.0,), queue=w2.queue))
+    with ThreadPoolExecutor(2) as pool:  # start both at once: each takes seconds to be ready
+        w1, w2 = pool.map(lambda c: make_worker(concurrency=c, extra_env=FAST), (2, 3))
+    running = [sleep.apply_async((3.0,), queue=w1.queue) for _ in range(2)]
+    running.append(sleep.apply_async((3.0,), queue=w2.queue))
     by_worker = {w1.name: sorted(r.id for r in running[:2]), w2.name: [running[2].id]}
     async with aiohttp.ClientSession() as session:
         api = Api(session, gateway.api)
