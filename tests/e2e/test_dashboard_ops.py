@@ -9,8 +9,8 @@ import uuid
 from tests.e2e.test_dashboard import ARTIFACTS, browser, page, sign_in, until  # noqa: F401
 
 
-def test_workers_and_queues_tabs_are_live(page, gateway_process, tracked_app, make_worker):  # noqa: F811
-    from tests.apps.tasks import add, sleep
+def test_workers_and_queues_tabs_are_live(page, gateway_process, tracked_app, make_worker, tracker):  # noqa: F811
+    from tests.apps.tasks import add, slow
 
     gp = gateway_process(extra_env={"TRACKER_QUEUE_SAMPLE_INTERVAL": "0.5"})
     w = make_worker(concurrency=2, extra_env={"TRACKER_HEARTBEAT_INTERVAL": "0.5"})
@@ -22,11 +22,11 @@ def test_workers_and_queues_tabs_are_live(page, gateway_process, tracked_app, ma
     page.wait_for_selector(row + '[data-status="online"]', timeout=20_000)
     assert page.inner_text(row + " td:nth-child(3)") == "2"  # pool size
     assert w.queue in page.inner_text(row)
-    # A task starts: the tab shows it running without a reload, then idle again.
-    running = sleep.apply_async((2.0,), queue=w.queue)
+    # A task starts: the tab shows it running without a reload; it is cancelled: idle again.
+    running = slow.apply_async((60,), {"step": 0.05}, queue=w.queue)
     until(page, f"document.querySelector('{row} .worker-active').textContent === '1'", timeout=20)
     assert running.id in (page.get_attribute(row + " .worker-active", "title") or "")
-    running.get(timeout=30)
+    tracker.cancel(running.id)
     until(page, f"document.querySelector('{row} .worker-active').textContent === '0'", timeout=20)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-workers.png"), full_page=True)

@@ -46,13 +46,14 @@ async def until(check: Any, timeout: float = 30.0, what: str = "") -> Any:
 
 
 async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, tracked_app: Any, make_worker: Any,
-                                                              config: TrackerConfig) -> None:
-    from tests.apps.tasks import sleep
+                                                              config: TrackerConfig, tracker: Tracker) -> None:
+    from tests.apps.tasks import slow
 
     with ThreadPoolExecutor(2) as pool:  # start both at once: each takes seconds to be ready
         w1, w2 = pool.map(lambda c: make_worker(concurrency=c, extra_env=FAST), (2, 3))
-    running = [sleep.apply_async((3.0,), queue=w1.queue) for _ in range(2)]
-    running.append(sleep.apply_async((3.0,), queue=w2.queue))
+    # Tasks that run until they are cancelled: the checks below see them running however slow the machine.
+    running = [slow.apply_async((120,), {"step": 0.05}, queue=w1.queue) for _ in range(2)]
+    running.append(slow.apply_async((120,), {"step": 0.05}, queue=w2.queue))
     by_worker = {w1.name: sorted(r.id for r in running[:2]), w2.name: [running[2].id]}
     async with aiohttp.ClientSession() as session:
         api = Api(session, gateway.api)
@@ -88,7 +89,7 @@ async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, trac
 
         await until(prometheus_busy, what="Prometheus worker gauges")
         for r in running:
-            r.get(timeout=30)
+            tracker.cancel(r.id)
 
         async def idle_and_counted() -> Any:
             r = await api.admin("GET", f"/workers/{w1.name}")
