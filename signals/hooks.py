@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from celery import signals as cs
 
-from signals import logcapture
+from signals import logcapture, workers
 from signals.context import TrackingContext, current_context, from_headers, to_headers
 from signals.runtime import ActiveTask, Runtime, close_runtime, runtime_for, shutdown_all
 from signals.runtime import runtime_key as _runtime_key
@@ -298,6 +298,7 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
     active = ActiveTask(task_id=task_id, name=name, task_type=task_type, user_id=ctx.user_id, tags=tags,
                         runtime=rt, rss0=_maxrss(), retries=int(request.retries or 0))
     rt.active[task_id] = active
+    rt.beat_soon()  # the worker's running tasks changed
     logcapture.current_task.set(active)
     logcapture.ensure_attached(rt.config.log_level)
     if rt.bus is not None:
@@ -346,6 +347,8 @@ def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = 
     if rt is None or task_id is None:
         return
     active = rt.active.pop(task_id, None)
+    rt.processed += 1
+    rt.beat_soon()
     if rt.bus is not None:
         # Delete a flag this task saw once it has ended (a retry runs again: keep it).
         if rt.bus.controls.get(task_id) is not None and state != "RETRY":
@@ -438,6 +441,9 @@ def on_worker_process_init(**_: Any) -> None:
     config = config_for(None)
     if config is not None:
         logcapture.ensure_attached(config.log_level)
+        # Start the writers now, not at the first task: an idle pool process heartbeats too,
+        # so its worker shows online with its load before any task arrives.
+        runtime_for(config)
 
 
 @_guard
@@ -448,6 +454,32 @@ def on_worker_process_shutdown(**_: Any) -> None:
 @_guard
 def on_worker_shutting_down(**_: Any) -> None:
     shutdown_all(timeout=10.0)
+
+
+# -- the worker record (main process) ---------------------------------------------------------
+@_guard
+def on_worker_init(sender: Any = None, **_: Any) -> None:
+    # Before the pool forks: every pool process inherits the node name it heartbeats under.
+    workers.remember_node(getattr(sender, "hostname", None))
+
+
+@_guard
+def on_worker_ready(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    config = config_for(app)
+    if config is None:
+        return
+    workers.record_ready(config, sender)
+    runtime_for(config)  # the main process heartbeats as well, whatever its pool does
+
+
+@_guard
+def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    config = config_for(getattr(sender, "app", None))
+    if config is not None:
+        workers.record_stopped(config, getattr(sender, "hostname", None))
+    # A process that ran an in-thread worker (tests) goes on as a plain process: no heartbeats.
+    workers.forget_node()
 
 
 _RECEIVERS: list[tuple[Any, Callable[..., Any]]] = [
@@ -465,6 +497,9 @@ _RECEIVERS: list[tuple[Any, Callable[..., Any]]] = [
     (cs.worker_process_init, on_worker_process_init),
     (cs.worker_process_shutdown, on_worker_process_shutdown),
     (cs.worker_shutting_down, on_worker_shutting_down),
+    (cs.worker_init, on_worker_init),
+    (cs.worker_ready, on_worker_ready),
+    (cs.worker_shutdown, on_worker_shutdown),
 ]
 
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from signals import workers
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig
 from tracker.recorder import Recorder
@@ -70,6 +71,14 @@ class Runtime:
         self._next_heartbeat = 0.0
         self._proc: Any = None
         self._tracker: Any = None
+        #: Tasks this process finished, reported with its heartbeats.
+        self.processed = 0
+        self.created = time.time()
+
+    def beat_soon(self) -> None:
+        """Send the next heartbeat at the recorder's next tick (within a second): a task just
+        started or ended, so the worker's list of running tasks changed."""
+        self._next_heartbeat = 0.0
 
     def _tick(self) -> None:
         """Called from the recorder thread about once a second."""
@@ -78,10 +87,12 @@ class Runtime:
             return
         self._next_heartbeat = now + self.config.heartbeat_interval
         wall = time.time()
-        for task_id in list(self.active):
+        active = list(self.active)
+        for task_id in active:
             self.recorder.task(task_id, heartbeat_at=wall)
-        if not self.active:
-            return
+        node = workers.node_name()
+        if node is None:
+            return  # not a worker process (a producer, an eager run): no worker heartbeat
         cpu = rss = None
         try:
             import psutil
@@ -93,8 +104,10 @@ class Runtime:
             rss = int(self._proc.memory_info().rss)
         except Exception:
             pass
-        worker_id = f"{self.hostname}:{self.pid}"
-        self.recorder.worker(worker_id, self.hostname, self.pid, cpu, rss, len(self.active))
+        worker_id = f"{node}:{self.pid}"
+        self.recorder.worker(worker_id, node, self.pid, cpu, rss, active, self.processed, self.created)
+        if not active:
+            return  # the load series is kept while the process works; the record has the rest
         labels = {"worker": worker_id}
         if cpu is not None:
             self.reporter.metric("worker.cpu_percent", cpu, unit="percent", labels=labels, publish=False)
@@ -115,6 +128,10 @@ class Runtime:
         return self.reporter.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
+        if self.recorder is not None and workers.node_name() is not None:
+            # A last heartbeat: the tasks this process processed count in full.
+            self.beat_soon()
+            self._tick()
         self.reporter.close(timeout)
         if self._tracker is not None:
             self._tracker.close()

@@ -127,8 +127,8 @@ class Worker:
     """A real ``celery worker`` (prefork) in a subprocess, consuming its own queue."""
 
     def __init__(self, env: dict[str, str], tmp: Path, concurrency: int = 2, app: str = "tests.apps.worker",
-                 extra_env: dict[str, str] | None = None, pool: str = "prefork") -> None:
-        self.queue = f"q-{uuid.uuid4().hex[:8]}"
+                 extra_env: dict[str, str] | None = None, pool: str = "prefork", queue: str | None = None) -> None:
+        self.queue = queue or f"q-{uuid.uuid4().hex[:8]}"
         self.name = f"w-{self.queue}@localhost"
         self.logfile = tmp / f"{self.queue}.log"
         full_env = {**os.environ, **env, **(extra_env or {}), "PYTHONPATH": str(ROOT)}

@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 import redis
@@ -18,6 +18,7 @@ from sqlalchemy.engine import Row
 
 from tracker import control
 from tracker import queries as q
+from tracker import queues as broker_queues
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.events import Event, decode
@@ -28,7 +29,10 @@ from tracker.records import (
     MetricRecord,
     NotificationRecord,
     ProgressPoint,
+    QueueRecord,
+    QueueReport,
     TaskRecord,
+    WorkerRecord,
     to_jsonable,
 )
 from tracker.reporter import Reporter
@@ -136,6 +140,43 @@ class Tracker:
     def _all(self, stmt: Any) -> list[Row[Any]]:
         with self.engine.connect() as conn:
             return list(conn.execute(stmt))
+
+    # -- workers and queues ------------------------------------------------------------------------
+    def workers(self, status: str | None = None) -> list[WorkerRecord]:
+        """Every worker seen (kept after it stopped), online first; ``status`` 'online' or 'offline'."""
+        return [WorkerRecord.from_row(r) for r in self._all(q.workers(self.config.worker_lost_after, status=status))]
+
+    def worker(self, hostname: str) -> WorkerRecord | None:
+        """One worker by its node name (``-n``, e.g. ``w1@host``)."""
+        rows = self._all(q.workers(self.config.worker_lost_after, hostname=hostname))
+        return WorkerRecord.from_row(rows[0]) if rows else None
+
+    def queues(self) -> QueueReport:
+        """Broker queues and their depth.
+
+        With the Celery app (``Tracker.from_celery(app)``) they are measured now, in one
+        pipelined round trip, for the queues of the app's configuration, of recent tasks and of
+        online workers. Without it, the latest depths a gateway sampled are returned (or none,
+        with the ``reason``).
+        """
+        lost_after = self.config.worker_lost_after
+        consumers = {r.queue: int(r.consumers) for r in self._all(q.queue_consumers(lost_after))}
+        if self.app is None:
+            rows = self._all(q.latest_queue_depths())
+            items = [QueueRecord(r.queue, int(r.depth), consumers.get(r.queue, 0)) for r in rows if r.queue]
+            sampled = max((r.ts for r in rows), default=None)
+            return QueueReport(items, None if items else broker_queues.NO_APP_REASON, sampled)
+        url, reason = broker_queues.broker_url(self.app)
+        if url is None:
+            return QueueReport([], reason)
+        names = {*broker_queues.app_queues(self.app), *consumers, *(r.queue for r in self._all(q.recent_queues()))}
+        client = redis.Redis.from_url(url, socket_connect_timeout=3)
+        try:
+            measured = broker_queues.measure_sync(client, names)
+        finally:
+            client.close()
+        return QueueReport([QueueRecord(n, d, consumers.get(n, 0), age) for n, d, age in measured], None,
+                           datetime.now(UTC))
 
     # -- tasks -----------------------------------------------------------------------------------
     def get(self, task_id: str) -> TaskRecord | None:

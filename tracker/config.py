@@ -67,6 +67,8 @@ class TrackerConfig:
     heartbeat_interval: float = 5.0
     worker_lost_after: float = 30.0
     stall_after: float = 300.0
+    #: Seconds between two samples of the broker's queue depths by the gateway.
+    queue_sample_interval: float = 5.0
     #: Lowest stdlib log level captured from loggers inside a task.
     log_level: str = "INFO"
     #: Token signing secret: required, at least 32 bytes, no placeholder (webgate.auth.check_secret).

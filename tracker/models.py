@@ -31,6 +31,7 @@ __all__ = [
     "TaskLog",
     "Metric",
     "Notification",
+    "Worker",
     "WorkerProcess",
     "Dashboard",
 ]
@@ -215,19 +216,46 @@ class Notification(Base):
     )
 
 
-class WorkerProcess(Base):
-    """The last heartbeat of each worker process that ran tracked tasks."""
+class Worker(Base):
+    """One Celery worker (its node name, e.g. ``w1@host``): written by its main process when it
+    is ready and when it stops gracefully; ``heartbeat_at`` is advanced by the heartbeats of its
+    processes. Rows outlive the worker: "when was it last seen" survives restarts."""
 
     __tablename__ = "tracker_workers"
 
+    hostname: Mapped[str] = mapped_column(Text, primary_key=True)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    #: Set by a graceful shutdown (offline at once); cleared when the worker is ready again.
+    stopped_at: Mapped[datetime | None] = mapped_column()
+    heartbeat_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    __table_args__ = (Index("ix_tracker_workers_heartbeat", "heartbeat_at"),)
+
+
+class WorkerProcess(Base):
+    """The last heartbeat of each process (pool child or main) of a worker."""
+
+    __tablename__ = "tracker_worker_processes"
+
     worker_id: Mapped[str] = mapped_column(Text, primary_key=True)  # hostname:pid
-    hostname: Mapped[str] = mapped_column(Text)
+    hostname: Mapped[str] = mapped_column(Text)  # the worker's node name
     pid: Mapped[int] = mapped_column(Integer)
     heartbeat_at: Mapped[datetime] = mapped_column()
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     cpu_percent: Mapped[float | None] = mapped_column(Double)
     rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    active: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: Ids of the tasks the process was running at its last heartbeat.
+    active: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    #: Tasks the process finished since it started.
+    processed: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+    __table_args__ = (
+        Index("ix_tracker_worker_processes_host", "hostname", "heartbeat_at"),
+        Index("ix_tracker_worker_processes_heartbeat", "heartbeat_at"),
+    )
 
 
 class Dashboard(Base):

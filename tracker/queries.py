@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     Select,
     and_,
+    case,
     cast,
     delete,
     extract,
@@ -32,11 +33,11 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH
+from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH, aggregate_order_by, distinct_on
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
-from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog
+from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog, Worker, WorkerProcess
 from tracker.records import GroupProgress
 from tracker.status import check_status
 from tracker.vocabulary import STATUSES, TERMINAL
@@ -51,6 +52,8 @@ __all__ = [
     "mark_notification_unread", "undelivered_notifications",
     "dashboards", "dashboard_by_id", "insert_dashboard", "delete_dashboard", "task_counts",
     "notification_deliveries", "metric_samples_after", "max_metric_id",
+    "QUEUE_DEPTH_METRIC", "worker_online", "count_online_workers", "workers", "queue_consumers", "recent_queues",
+    "latest_queue_depths", "queue_depth_series",
 ]
 
 MAX_LIMIT = 1000
@@ -656,3 +659,96 @@ def metric_samples_after(names: Sequence[str], after_id: int, limit: int = 10_00
 
 def max_metric_id() -> Stmt:
     return select(func.coalesce(func.max(Metric.id), 0))
+
+
+# -- workers and queues -----------------------------------------------------------------------------------
+#: Name and label of the stored queue-depth samples (the gateway's sampler writes them).
+QUEUE_DEPTH_METRIC = "tracker.queue.depth"
+
+
+def _lost_cutoff(worker_lost_after: Any) -> Any:
+    if isinstance(worker_lost_after, bool) or not isinstance(worker_lost_after, (int, float)) \
+            or not worker_lost_after > 0:
+        raise ValueError(f"worker_lost_after must be a positive number of seconds, got {worker_lost_after!r}")
+    return func.now() - timedelta(seconds=float(worker_lost_after))
+
+
+def worker_online(worker_lost_after: float) -> ColumnElement[bool]:
+    """A worker is online while it has not stopped gracefully and heartbeats within ``worker_lost_after``."""
+    return and_(Worker.stopped_at.is_(None), Worker.heartbeat_at > _lost_cutoff(worker_lost_after))
+
+
+def count_online_workers(worker_lost_after: float, queues: Sequence[str] | None = None) -> Stmt:
+    """How many workers are online (optionally: consuming one of ``queues``)."""
+    q: Stmt = select(func.count()).select_from(Worker).where(worker_online(worker_lost_after))
+    if queues:
+        q = q.where(Worker.queues.overlap(cast(list(queues), ARRAY(Text))))
+    return q
+
+
+def workers(worker_lost_after: float, hostname: Any = None, status: Any = None) -> Stmt:
+    """Worker records, online first: the worker row plus what its processes' heartbeats say.
+
+    The load (CPU, RSS) sums the processes of the worker's current run that heartbeated
+    within ``worker_lost_after`` of its last heartbeat (so an offline worker shows its last
+    known load); ``processed`` sums its current run's processes; ``active`` lists the tasks
+    its processes run, and is empty once it is offline.
+    """
+    online = worker_online(worker_lost_after)
+    p = WorkerProcess
+    run = and_(p.hostname == Worker.hostname, p.started_at >= Worker.started_at)
+    recent = and_(run, p.heartbeat_at > Worker.heartbeat_at - timedelta(seconds=float(worker_lost_after)))
+    ids = func.unnest(p.active).table_valued("task_id").render_derived("a")
+    task_id = ids.c.task_id
+    active = (select(func.coalesce(func.array_agg(aggregate_order_by(task_id, task_id)), cast([], ARRAY(Text))))
+              .select_from(p).join(ids, true()).where(recent, online).scalar_subquery())
+    status_col = case((online, "online"), else_="offline")
+    q: Stmt = select(
+        Worker.hostname, status_col.label("status"), Worker.pid, Worker.concurrency,
+        active.label("active"),
+        select(func.coalesce(func.sum(p.processed), 0)).where(run).scalar_subquery().label("processed"),
+        select(func.sum(p.cpu_percent)).where(recent).scalar_subquery().label("cpu_percent"),
+        select(func.sum(p.rss_bytes)).where(recent).scalar_subquery().label("rss_bytes"),
+        Worker.heartbeat_at.label("last_heartbeat"), Worker.started_at, Worker.stopped_at, Worker.queues,
+    )
+    q = _where_eq(q, Worker.hostname, "hostname", hostname)
+    if status is not None:
+        if status not in ("online", "offline"):
+            raise ValueError("status must be 'online' or 'offline'")
+        q = q.where(online if status == "online" else ~online)
+    return q.order_by(status_col.desc(), Worker.hostname).limit(MAX_LIMIT)
+
+
+def queue_consumers(worker_lost_after: float) -> Stmt:
+    """``(queue, consumers)``: how many online workers read each queue."""
+    name = func.unnest(Worker.queues).label("queue")
+    inner = select(name).where(worker_online(worker_lost_after)).subquery()
+    q: Stmt = select(inner.c.queue, func.count().label("consumers")).group_by(inner.c.queue)
+    return q
+
+
+def recent_queues(within_seconds: float = 3600.0, limit: int = 200) -> Stmt:
+    """Queues that tasks created in the last ``within_seconds`` were published to."""
+    recent = select(Task.queue).where(Task.created_at > func.now() - timedelta(seconds=within_seconds),
+                                      Task.queue.is_not(None)).subquery()
+    q: Stmt = select(recent.c.queue).distinct().limit(limit)
+    return q
+
+
+def latest_queue_depths(within_seconds: float = 300.0) -> Stmt:
+    """``(queue, depth, ts)``: the newest stored depth sample of each queue, if it is recent."""
+    queue = Metric.labels.op("->>")(literal_column("'queue'"))
+    q: Stmt = (select(queue.label("queue"), Metric.value.label("depth"), Metric.ts)
+               .where(Metric.name == QUEUE_DEPTH_METRIC, Metric.ts > func.now() - timedelta(seconds=within_seconds))
+               .ext(distinct_on(queue)).order_by(queue, Metric.ts.desc()))
+    return q
+
+
+def queue_depth_series(bucket: Any = "1m", since: Any = None, until: Any = None) -> Stmt:
+    """``(bucket, queue, depth)``: the largest depth sampled per queue and time bucket."""
+    width = parse_bucket(bucket)
+    start = func.date_bin(literal(width), Metric.ts, literal(datetime(2000, 1, 1, tzinfo=UTC))).label("bucket")
+    queue = Metric.labels.op("->>")(literal_column("'queue'"))
+    q: Stmt = select(start, queue.label("queue"), func.max(Metric.value).label("depth"))
+    q = _in_range(q.where(Metric.name == QUEUE_DEPTH_METRIC), Metric.ts, since, until)
+    return q.group_by(text("1"), text("2")).order_by(text("1"), text("2"))

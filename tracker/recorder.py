@@ -107,9 +107,16 @@ _PROGRESS_INSERT = (
 )
 _METRIC_COPY = "COPY tracker_metrics (name, value, unit, labels, task_id, task_type, user_id, ts) FROM STDIN"
 _WORKER_UPSERT = (
-    "INSERT INTO tracker_workers (worker_id, hostname, pid, heartbeat_at, cpu_percent, rss_bytes, active) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, "
-    "cpu_percent = EXCLUDED.cpu_percent, rss_bytes = EXCLUDED.rss_bytes, active = EXCLUDED.active"
+    "INSERT INTO tracker_worker_processes (worker_id, hostname, pid, heartbeat_at, cpu_percent, rss_bytes, active, "
+    "processed, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO UPDATE SET "
+    "heartbeat_at = EXCLUDED.heartbeat_at, cpu_percent = EXCLUDED.cpu_percent, rss_bytes = EXCLUDED.rss_bytes, "
+    "active = EXCLUDED.active, processed = EXCLUDED.processed"
+)
+#: A process's heartbeat is its worker's too. A worker whose main process wrote no record yet
+#: (started before the schema had one, or never "ready") gets one from its first heartbeat.
+_WORKER_NODE_BEAT = (
+    "INSERT INTO tracker_workers (hostname, started_at, heartbeat_at) VALUES (%s, %s, %s) "
+    "ON CONFLICT (hostname) DO UPDATE SET heartbeat_at = GREATEST(tracker_workers.heartbeat_at, EXCLUDED.heartbeat_at)"
 )
 _MEDIAN_SQL = (
     "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) "
@@ -337,9 +344,12 @@ class Recorder(BackgroundWriter):
             self._seq += 1
 
     def worker(self, worker_id: str, hostname: str, pid: int, cpu: float | None, rss: int | None,
-               active: int) -> None:
+               active: list[str], processed: int = 0, started: float | None = None) -> None:
+        """A heartbeat of worker process ``worker_id`` of worker ``hostname`` (its node name)."""
+        now = time.time()
         with self._lock:
-            self._workers[worker_id] = (worker_id, hostname, pid, time.time(), cpu, rss, active)
+            self._workers[worker_id] = (worker_id, hostname, pid, now, cpu, rss, list(active), int(processed),
+                                        now if started is None else started)
             self._seq += 1
 
     def wake(self) -> None:
@@ -478,7 +488,11 @@ class Recorder(BackgroundWriter):
                 for r in metrics:
                     cp.write_row((r[0], r[1], r[2], dumps(r[3]) if r[3] else "{}", r[4], r[5], r[6], _dt(r[7])))
         if workers:
-            cur.executemany(_WORKER_UPSERT, [(w[0], w[1], w[2], _dt(w[3]), w[4], w[5], w[6]) for w in workers])
+            cur.executemany(_WORKER_UPSERT, [(w[0], w[1], w[2], _dt(w[3]), w[4], w[5], w[6], w[7], _dt(w[8]))
+                                             for w in workers])
+            # One row per worker, in a fixed order: two writers never lock rows in opposite orders.
+            nodes = {w[1]: (w[1], _dt(w[8]), _dt(w[3])) for w in sorted(workers, key=lambda w: w[3])}
+            cur.executemany(_WORKER_NODE_BEAT, [nodes[k] for k in sorted(nodes)])
         self.written["tasks"] += len(tasks)
         self.written["logs"] += len(logs)
         self.written["progress"] += len(progress)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = ["TaskRecord", "LogRecord", "MetricRecord", "NotificationRecord", "ProgressPoint", "GroupProgress",
-           "to_jsonable"]
+           "WorkerRecord", "QueueRecord", "QueueReport", "to_jsonable"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -138,3 +138,48 @@ class GroupProgress(_Record):
     progress: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord(_Record):
+    """A Celery worker (node name ``hostname``) as its record and its processes' heartbeats show it."""
+
+    hostname: str
+    status: str = "offline"
+    pid: int | None = None
+    concurrency: int | None = None
+    active: list[str] = field(default_factory=list)
+    processed: int = 0
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+    last_heartbeat: datetime | None = None
+    started_at: datetime | None = None
+    queues: list[str] = field(default_factory=list)
+    stopped_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecord(_Record):
+    """A broker queue: messages waiting, online workers reading it, age of its oldest message."""
+
+    name: str
+    depth: int
+    consumers: int = 0
+    oldest_age_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReport(_Record):
+    """The queues as last measured; ``reason`` says why ``items`` is empty when it cannot be measured."""
+
+    items: list[QueueRecord] = field(default_factory=list)
+    reason: str | None = None
+    sampled_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"items": [i.to_dict() for i in self.items], "reason": self.reason,
+                               "sampled_at": to_jsonable(self.sampled_at)}
+        for item in out["items"]:
+            if item["oldest_age_seconds"] is None:
+                del item["oldest_age_seconds"]  # optional in the reply: only when known
+        return out

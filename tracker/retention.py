@@ -52,6 +52,7 @@ TARGETS: tuple[tuple[str, str, str, str], ...] = (
     ("metrics", "tracker_metrics", "ts", ""),
     ("notifications", "tracker_notifications", "created_at", "is_read"),
     ("workers", "tracker_workers", "heartbeat_at", ""),
+    ("worker_processes", "tracker_worker_processes", "heartbeat_at", ""),
 )
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")

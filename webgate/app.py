@@ -17,7 +17,7 @@ from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.recorder import Recorder
 from tracker.reporter import Reporter
-from webgate import dashboard, feed, health, notifier, rest
+from webgate import dashboard, feed, health, notifier, queues, rest
 from webgate.auth import check_secret
 from webgate.errors import error_middleware
 from webgate.keys import CELERY_APP, CONFIG, ENGINE, GATEWAY_ID, REDIS, REPORTER
@@ -71,6 +71,7 @@ def create_app(config: TrackerConfig | None = None, *, celery_app: Any = None) -
     rest.setup(app)
     notifier.setup(app)
     health.setup(app)
+    queues.setup(app)
     dashboard.setup(app)
     return app
 

@@ -47,6 +47,7 @@ _MAX_SAMPLES = 50_000
 class _Snapshot:
     tasks: list[tuple[str, str, int]] = field(default_factory=list)  # (task_type, status, count)
     deliveries: list[tuple[str, str, int]] = field(default_factory=list)  # (channel, status, count)
+    workers: list[tuple[str, str, int]] = field(default_factory=list)  # (hostname, status, running tasks)
     taken: float = 0.0
     ok: bool = False
 
@@ -93,7 +94,9 @@ class PrometheusState:
                 hist = self.durations if r.name == "task.run_time" else self.queue_wait
                 hist.labels(task_type=r.task_type or "").observe(max(0.0, float(r.value)))
                 self.after_id = max(self.after_id, int(r.id))
-        self.snapshot = _Snapshot(tasks, deliveries, self.snapshot.taken, True)
+        workers = [(r.hostname, r.status, len(r.active or ()))
+                   for r in await fetch_all(app, q.workers(app[CONFIG].worker_lost_after))]
+        self.snapshot = _Snapshot(tasks, deliveries, workers, self.snapshot.taken, True)
 
 
 class _GatewayCollector(Collector):
@@ -109,6 +112,7 @@ class _GatewayCollector(Collector):
         yield from self._write_path()
         yield from self._feed()
         yield from self._notifier()
+        yield from self._operations()
 
     def _store(self) -> Iterator[Any]:
         snap = self.state.snapshot
@@ -191,6 +195,28 @@ class _GatewayCollector(Collector):
                                   value=st.get("stored", 0))
         yield CounterMetricFamily("tracker_notifier_suppressed", "Notifications merged into digests or deduplicated",
                                   value=st.get("suppressed", 0))
+
+
+    def _operations(self) -> Iterator[Any]:
+        """Workers by status and their running tasks (from the store), queue depths (the last sample)."""
+        snap = self.state.snapshot
+        by_status = GaugeMetricFamily("tracker_workers", "Celery workers by status", labels=["status"])
+        for status in ("online", "offline"):
+            by_status.add_metric([status], sum(1 for w in snap.workers if w[1] == status))
+        yield by_status
+        active = GaugeMetricFamily("tracker_worker_active_tasks", "Tasks an online worker is running",
+                                   labels=["hostname"])
+        for hostname, status, running in snap.workers:
+            if status == "online":
+                active.add_metric([hostname], running)
+        yield active
+        from webgate.queues import QUEUE_SAMPLER
+
+        sampler = self.app.get(QUEUE_SAMPLER)
+        depth = GaugeMetricFamily("tracker_queue_depth", "Messages waiting in a broker queue", labels=["queue"])
+        for item in sampler.items if sampler is not None else ():
+            depth.add_metric([item.name], item.depth)
+        yield depth
 
 
 PROMETHEUS = web.AppKey("tracker_prometheus", PrometheusState)

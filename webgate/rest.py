@@ -331,6 +331,7 @@ def setup(app: web.Application) -> None:
         rest_metrics,
         rest_notifications,
         rest_tasks,
+        rest_workers,
         visualizations,
     )
 

@@ -92,8 +92,8 @@ def test_sigkill_of_whole_worker_marks_task_lost_and_spares_living_one(
         wait_for(partial(beat_since, task_id, first), timeout=10, what="heartbeat advances")
     pids = [row(sql, r.id)["worker_pid"] for r in (dead, live)]
     assert len(set(pids)) == 2
-    fresh = sql.execute("SELECT pid FROM tracker_workers WHERE pid = ANY(%s) AND heartbeat_at > now() - interval '5s'",
-                        (pids,)).fetchall()
+    fresh = sql.execute("SELECT pid FROM tracker_worker_processes WHERE pid = ANY(%s) "
+                        "AND heartbeat_at > now() - interval '5s'", (pids,)).fetchall()
     assert {p for (p,) in fresh} == set(pids)
 
     assert doomed.children(), "the pool child runs the task"

@@ -584,6 +584,7 @@
       state.chartTimer = setInterval(loadCharts, 30000);
     }
     history.replaceState(null, "", name === "charts" ? "#charts" : "#");
+    if (window.trackerOps) window.trackerOps.show(name);  // the Workers and Queues tabs (ops.js)
   }
 
   // -- wiring ------------------------------------------------------------------------------------------------
@@ -663,5 +664,5 @@
   });
 
   // For tests and the console.
-  window.trackerDashboard = {state, loadCharts, select, signOut};
+  window.trackerDashboard = {state, loadCharts, select, signOut, api, el, clock, duration, showView};
 })();
