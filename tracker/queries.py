@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
-from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog
+from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog, WorkerProcess
 from tracker.status import check_status
 
 __all__ = [
@@ -49,6 +49,8 @@ __all__ = [
     "mark_notification_unread", "undelivered_notifications",
     "dashboards", "dashboard_by_id", "insert_dashboard", "delete_dashboard", "task_counts",
     "notification_deliveries", "metric_samples_after", "max_metric_id",
+    "QUEUE_DEPTH_METRIC", "glob_like", "failure_rate", "latest_queue_depths", "count_online_workers",
+    "worker_heartbeat_age", "database_clock",
 ]
 
 MAX_LIMIT = 1000
@@ -656,3 +658,64 @@ def metric_samples_after(names: Sequence[str], after_id: int, limit: int = 10_00
 
 def max_metric_id() -> Stmt:
     return select(func.coalesce(func.max(Metric.id), 0))
+
+
+# -- aggregate measurements (alert rules) ----------------------------------------------------------------
+#: The metric the gateway's queue sampler writes, one row per queue and sample (label ``queue``).
+QUEUE_DEPTH_METRIC = "tracker.queue.depth"
+
+
+def _seconds_ago(seconds: float) -> Any:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"a positive number of seconds is needed, got {seconds!r}")
+    return func.now() - timedelta(seconds=float(seconds))
+
+
+def glob_like(pattern: str) -> str:
+    """A ``*``/``?`` wildcard pattern (as rules write them) as a LIKE pattern with ``\\`` escapes."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _matching(column: Any, patterns: Sequence[str]) -> ColumnElement[bool]:
+    return or_(*(column.like(glob_like(p), escape="\\") for p in patterns))
+
+
+def failure_rate(window: float, task_types: Sequence[str] = (), queues: Sequence[str] = ()) -> Stmt:
+    """One row ``(finished, failed)``: tasks that finished (completed, failed or cancelled) in the
+    last ``window`` seconds, of the given task types and queues (``*``/``?`` wildcards), and how
+    many of them failed. Time is the database's, the same for every gateway."""
+    stmt: Stmt = select(func.count().label("finished"), func.count().filter(Task.status == "failed").label("failed"))
+    stmt = stmt.select_from(Task).where(Task.status.in_(_FINISHED), Task.finished_at >= _seconds_ago(window))
+    if task_types:
+        stmt = stmt.where(_matching(Task.task_type, task_types))
+    if queues:
+        stmt = stmt.where(_matching(Task.queue, queues))
+    return stmt
+
+
+def latest_queue_depths(max_age: float) -> Stmt:
+    """``(queue, value, ts)``: the newest ``tracker.queue.depth`` sample of each queue, among the
+    samples of the last ``max_age`` seconds (an older one says nothing about the queue now)."""
+    queue = Metric.labels["queue"].astext
+    stmt: Stmt = select(queue.label("queue"), Metric.value, Metric.ts)
+    return (stmt.where(Metric.name == QUEUE_DEPTH_METRIC, Metric.ts >= _seconds_ago(max_age), queue.is_not(None))
+            .distinct(queue).order_by(queue, Metric.ts.desc()))
+
+
+def count_online_workers(lost_after: float) -> Stmt:
+    """How many workers are online: their heartbeat is newer than ``lost_after`` seconds."""
+    stmt: Stmt = select(func.count().label("online")).select_from(WorkerProcess)
+    return stmt.where(WorkerProcess.heartbeat_at > _seconds_ago(lost_after))
+
+
+def worker_heartbeat_age() -> Stmt:
+    """One row ``(age, now)``: seconds since the newest worker heartbeat (``None`` when no worker
+    was ever seen) and the database's clock as epoch seconds."""
+    return select(extract("epoch", func.now() - func.max(WorkerProcess.heartbeat_at)).label("age"),
+                  extract("epoch", func.now()).label("now"))
+
+
+def database_clock() -> Stmt:
+    """The database's clock as epoch seconds: one time base for every gateway."""
+    return select(extract("epoch", func.now()).label("now"))
