@@ -32,7 +32,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH
+from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH, distinct_on
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
@@ -700,7 +700,7 @@ def latest_queue_depths(max_age: float) -> Stmt:
     queue = Metric.labels["queue"].astext
     stmt: Stmt = select(queue.label("queue"), Metric.value, Metric.ts)
     return (stmt.where(Metric.name == QUEUE_DEPTH_METRIC, Metric.ts >= _seconds_ago(max_age), queue.is_not(None))
-            .distinct(queue).order_by(queue, Metric.ts.desc()))
+            .ext(distinct_on(queue)).order_by(queue, Metric.ts.desc()))
 
 
 def count_online_workers(lost_after: float) -> Stmt:
