@@ -80,7 +80,7 @@ class AlertEvaluator:
                 return AlertPass(skipped=True)
             # The lock is held until this transaction ends: the episode state is read and
             # written by one gateway at a time.
-            state = {_s(k): _s(v) for k, v in (await self.redis.hgetall(self.key)).items()}  # type: ignore[misc]
+            state = {_s(k): _s(v) for k, v in (await self.redis.hgetall(self.key)).items()}
             now, measured = await self._measure(conn, state)
             result = await self._apply(list(al.observe(self.rules, measured)), state, now)
         self.passes += 1
@@ -107,7 +107,7 @@ class AlertEvaluator:
             else:
                 # Two lower bounds of the time without a worker: since a pass first saw none (also
                 # when no worker was ever recorded), and since the newest heartbeat went stale.
-                await self.redis.hsetnx(self.key, _NO_WORKERS_SINCE, repr(now))  # type: ignore[misc]
+                await self.redis.hsetnx(self.key, _NO_WORKERS_SINCE, repr(now))
                 since = float(state.get(_NO_WORKERS_SINCE) or now)
                 age = (await conn.execute(q.worker_heartbeat_age())).one().age
                 stale_for = float(age) - self.config.worker_lost_after if age is not None else 0.0
@@ -129,9 +129,10 @@ class AlertEvaluator:
                     to_notify.append((obs, episode))
             elif episode is not None:
                 closed.append(obs.field)
-        ids = {r.id for r in self.rules}
-        # Episodes of rules that are no longer configured would otherwise stay open for ever.
-        closed += [f for f in state if not f.startswith("#") and f.split("|", 1)[0] not in ids]
+        # Episodes of rules or conditions no longer configured would otherwise stay open for ever
+        # (neither a rule id nor a condition can hold "|").
+        known = {(r.id, c.label) for r in self.rules for c in r.conditions}
+        closed += [f for f in state if not f.startswith("#") and tuple(f.split("|")[:2]) not in known]
         pipe = self.redis.pipeline(transaction=False)
         if opened:
             pipe.hset(self.key, mapping=opened)  # type: ignore[arg-type]
@@ -146,7 +147,7 @@ class AlertEvaluator:
             items = al.alert_notifications(obs, episode["episode"], self.config.public_url)
             await self.notifier.store(items)
             episode["notified"] = True
-            await self.redis.hset(self.key, obs.field, json.dumps(episode))  # type: ignore[misc]
+            await self.redis.hset(self.key, obs.field, json.dumps(episode))
             fired.append(obs.field)
             logger.warning("aggregate alert %s fired: value %s", obs.field, obs.value)
         return AlertPass(fired=fired, cleared=closed)

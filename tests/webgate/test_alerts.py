@@ -215,6 +215,8 @@ async def test_queue_depth_fires_once_per_queue_and_episode_across_a_restart(tra
         target = app[ALERTS].passes + more
         await until(lambda: app[ALERTS].passes >= target, what=f"{more} alert passes")
 
+    # An episode of a rule that is no longer configured is forgotten.
+    rdb.hset(al.state_key(prefix), "atest-gone|queue_depth>1|x", json.dumps({"episode": "1", "notified": True}))
     async with serve(cfg) as app:
         # A sample older than tracker_alert_sample_max_age says nothing: qc never fires.
         tracker.reporter.metric(q.QUEUE_DEPTH_METRIC, 500, labels={"queue": qc}, ts=time.time() - 120)
@@ -222,6 +224,7 @@ async def test_queue_depth_fires_once_per_queue_and_episode_across_a_restart(tra
         await until(lambda: fired(qa), what="the queue-depth alert")
         sample(**{qa: 30, qb: 10})
         await wait_passes_here(app, 3)
+        assert episode(rdb, prefix, "atest-gone|queue_depth>1|x") is None
         (row,) = alert_rows(sql, rule_id)
         assert row["user_id"] == user and row["channels"] == ["websocket"] and row["type"] == "warning"
         assert row["metadata"]["trigger"] == "queue_depth>20" and row["metadata"]["value"] == 25.0
