@@ -271,7 +271,7 @@ async def test_no_workers_fires_only_once_no_worker_was_online_for_the_window(
     wait_for(online, timeout=30, what="the worker online")
     prefix = f"ta-{uuid.uuid4().hex[:8]}"
     rule_id, alice, bob = uid("workers"), uid("alice"), uid("bob")
-    rule = {"id": rule_id, "on": ["no_workers"], "window": 1, "users": [alice, bob], "priority": "urgent"}
+    rule = {"id": rule_id, "on": ["no_workers"], "window": 2, "users": [alice, bob], "priority": "urgent"}
     cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=[rule], worker_lost_after=3.0,
                   stall_after=1.0)
     async with serve(cfg) as app:
@@ -289,5 +289,5 @@ async def test_no_workers_fires_only_once_no_worker_was_online_for_the_window(
         assert len(rows) == 2 and {r["user_id"] for r in rows} == {alice, bob}
         for r in rows:
             assert r["metadata"]["trigger"] == "no_workers" and r["metadata"]["online"] == 0
-            assert r["metadata"]["value"] >= 1.0 and r["priority"] == "urgent"
+            assert r["metadata"]["value"] >= 2.0 and r["priority"] == "urgent"
             assert r["channels"] == ["websocket"] and r["task_id"] is None
