@@ -262,7 +262,7 @@ async def test_no_workers_fires_only_once_no_worker_was_online_for_the_window(
     from tests.apps.tasks import sleep
 
     worker = make_worker(extra_env=FAST)
-    sleep.apply_async((60,), queue=worker.queue)  # busy: its pool process heartbeats
+    busy = sleep.apply_async((60,), queue=worker.queue)  # busy: its pool process heartbeats
 
     def online() -> int:
         with tracker.engine.connect() as conn:
@@ -291,3 +291,6 @@ async def test_no_workers_fires_only_once_no_worker_was_online_for_the_window(
             assert r["metadata"]["trigger"] == "no_workers" and r["metadata"]["online"] == 0
             assert r["metadata"]["value"] >= 2.0 and r["priority"] == "urgent"
             assert r["channels"] == ["websocket"] and r["task_id"] is None
+        # The same sweeper took the killed worker's task for lost (no stale running row is left behind).
+        await until(lambda: getattr(tracker.get(busy.id), "status", None) == "failed", what="the task marked lost")
+        assert tracker.get(busy.id).error_type == "worker-lost"
