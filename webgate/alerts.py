@@ -69,6 +69,9 @@ class AlertEvaluator:
         self.config, self.engine, self.redis, self.notifier = config, engine, redis, notifier
         self.rules = al.aggregate_rules(rules)
         self.kinds = al.kinds_of(self.rules)
+        age = config.alert_sample_max_age
+        if "queue_depth" in self.kinds and (isinstance(age, bool) or not isinstance(age, (int, float)) or age <= 0):
+            raise ValueError(f"tracker_alert_sample_max_age must be a positive number of seconds, got {age!r}")
         self.key = al.state_key(config.prefix)
         self.passes = 0
         self.last: AlertPass | None = None

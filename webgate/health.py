@@ -66,7 +66,7 @@ async def _sweep_loop(app: web.Application, evaluator: alerts.AlertEvaluator | N
                 raise
             except Exception as exc:
                 _stop_if_cancelled(exc)
-                # A lost pass changes no episode: the next one decides on fresh measurements.
+                # The next pass decides on fresh measurements and stores what this one could not.
                 logger.warning("aggregate alerts pass failed: %s", exc)
         await asyncio.sleep(interval)
 
