@@ -99,6 +99,9 @@ class TrackerConfig:
     #: Exports: a reader making no progress for this many seconds is cut; at most this many at once per user.
     export_write_timeout: float = 30.0
     export_max_concurrent: int = 2
+    #: Aggregate alerts: a ``tracker.queue.depth`` sample older than this many seconds is not used
+    #: (a stopped sampler leaves a queue's episode as it is instead of deciding on stale data).
+    alert_sample_max_age: float = 60.0
 
     @classmethod
     def _read(cls, getter: Any) -> TrackerConfig:

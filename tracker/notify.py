@@ -3,7 +3,9 @@
 Everything here is pure or synchronous so it can be tested on its own and shared by
 ``Tracker.notify`` (sync) and the gateway's notifier (async):
 
-* :func:`parse_rules` validates ``tracker_notifications`` with clear errors;
+* :func:`parse_rules` validates ``tracker_notifications`` with clear errors, task rules and
+  aggregate rules (:class:`Condition`: ``failure_rate>N%``, ``queue_depth>N``, ``no_workers``, which
+  the gateway's sweeper evaluates, see :mod:`tracker.alerts`);
 * :class:`Rule` matches stream events (``failed``, ``progress>=50``, ...) against task fields
   and renders the title/message templates;
 * :func:`dedup_key` names what a notification is about, so a redelivered stream entry (or the
@@ -53,7 +55,7 @@ from tracker.vocabulary import EVENT_TRIGGERS, TERMINAL, TRIGGERS, notify_burst_
 
 __all__ = [
     "CHANNELS", "ORIGINS", "PRIORITIES", "TYPES", "TRIGGERS", "TEMPLATE_FIELDS", "DELIVERY_STATUSES",
-    "Trigger", "Rule", "NewNotification", "BurstScope",
+    "AGGREGATES", "Trigger", "Condition", "Rule", "NewNotification", "BurstScope",
     "parse_rules", "rule_by_id", "triggers_of", "task_context", "render", "check_template", "dedup_key",
     "check_notification", "check_notifications", "check_action_url", "single_line", "initial_delivery",
     "insert_notifications", "delivery_update",
@@ -74,6 +76,8 @@ DELIVERY_STATUSES = ("pending", "sent", "failed", "retrying")
 
 # EVENT_TRIGGERS (stream event type -> the trigger name a rule's ``on`` uses) and TRIGGERS are the
 # vocabulary's (tracker.vocabulary), imported above and kept here by name.
+#: Aggregate conditions a rule's ``on`` may hold instead of task triggers.
+AGGREGATES = ("failure_rate", "queue_depth", "no_workers")
 
 _DEFAULT_TYPE = {"completed": "success", "failed": "error", "retry": "warning", "stalled": "warning",
                  "cancelled": "warning", "started": "info", "paused": "info", "resumed": "info",
@@ -106,12 +110,23 @@ TEMPLATE_FIELDS = frozenset({
     "task_id", "task_name", "name", "task_type", "user_id", "status", "progress", "current_step", "step_text",
     "error_type", "error_message", "retries", "queue", "worker", "tags", "duration", "duration_text", "event",
     "trigger", "threshold", "url", "public_url", "priority",
+    # aggregate alerts: the measured value, the rule's window (seconds) and id
+    "value", "window", "rule",
 })
 _RULE_KEYS = frozenset({
     "id", "name", "on", "channels", "priority", "type", "task_types", "tags", "users", "title", "message",
     "action_url", "email_to", "slack_webhook_url", "webhook_url", "digest",
+    "window", "min_tasks", "queues",
 })
+#: Keys only aggregate rules take, and task-rule keys they do not.
+_AGGREGATE_KEYS = frozenset({"window", "min_tasks", "queues"})
+_TASK_ONLY_KEYS = frozenset({"tags", "digest"})
 _THRESHOLD = re.compile(r"progress\s*(>=|>)\s*(\d+(?:\.\d+)?)\s*%?")
+_FAILURE_RATE = re.compile(r"failure_rate\s*>\s*(\d+(?:\.\d+)?)\s*%")
+_QUEUE_DEPTH = re.compile(r"queue_depth\s*>\s*(\d+)")
+DEFAULT_WINDOW = 300.0
+DEFAULT_MIN_TASKS = 10
+MAX_WINDOW = 7 * 86_400.0
 MAX_TITLE = 500
 MAX_MESSAGE = 10_000
 
@@ -137,8 +152,19 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
+class Condition:
+    """An aggregate condition: ``failure_rate>N%`` (``threshold`` in percent), ``queue_depth>N``
+    or ``no_workers``. ``label`` is the condition as the rule wrote it (``metadata.trigger``)."""
+
+    kind: str
+    threshold: float | None = None
+    label: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
-    """One validated entry of ``tracker_notifications``."""
+    """One validated entry of ``tracker_notifications``: a task rule (``triggers``) or an
+    aggregate rule (``conditions``; ``users`` are then its in-app recipients, not a filter)."""
 
     id: str
     triggers: tuple[Trigger, ...]
@@ -156,6 +182,12 @@ class Rule:
     webhook_url: str | None = None
     #: ``None``: the configured default; ``(0, 0)``: no digest for this rule.
     digest: tuple[float, int] | None = None
+    conditions: tuple[Condition, ...] = ()
+    #: Aggregate rules: seconds looked back (failure_rate) or without a worker (no_workers).
+    window: float = DEFAULT_WINDOW
+    #: Aggregate rules: finished tasks a failure rate needs in its window.
+    min_tasks: int = DEFAULT_MIN_TASKS
+    queues: tuple[str, ...] = ()
 
     def triggers_for(self, event: Event) -> list[Trigger]:
         """The triggers of this rule an event fires (before looking at the task)."""
@@ -238,7 +270,51 @@ def _parse_trigger(where: str, raw: Any) -> Trigger:
             raise ValueError(f"{where}: progress threshold {raw!r} must be between 0 and 100")
         return Trigger("progress", value, m.group(1) == ">")
     raise ValueError(f"{where}: unknown trigger {raw!r}; use one of {', '.join(EVENT_TRIGGERS.values())} "
-                     "or a progress threshold such as 'progress>=50'")
+                     "or a progress threshold such as 'progress>=50', or an aggregate condition "
+                     "('failure_rate>50%', 'queue_depth>100', 'no_workers')")
+
+
+def _parse_condition(where: str, raw: str) -> Condition | None:
+    """An aggregate condition, ``None`` when ``raw`` names none (then it is a task trigger)."""
+    label = raw.strip()
+    text = label.lower()
+    if not text.startswith(AGGREGATES):
+        return None
+    if text == "no_workers":
+        return Condition("no_workers", None, label)
+    m = _FAILURE_RATE.fullmatch(text)
+    if m:
+        value = float(m.group(1))
+        if not 0 <= value < 100:
+            raise ValueError(f"{where}: {raw!r}: the failure rate threshold must be at least 0% and below 100%")
+        return Condition("failure_rate", value, label)
+    m = _QUEUE_DEPTH.fullmatch(text)
+    if m:
+        return Condition("queue_depth", float(m.group(1)), label)
+    raise ValueError(f"{where}: bad aggregate condition {raw!r}; write 'failure_rate>N%' (e.g. 'failure_rate>50%'), "
+                     "'queue_depth>N' (e.g. 'queue_depth>100') or 'no_workers'")
+
+
+def _parse_aggregate(where: str, item: Mapping[str, Any], conditions: tuple[Condition, ...]) -> dict[str, Any]:
+    """The aggregate-only fields of a rule, checked against the conditions it holds."""
+    misplaced = sorted(k for k in _TASK_ONLY_KEYS if item.get(k) is not None)
+    if misplaced:
+        raise ValueError(f"{where}: {', '.join(map(repr, misplaced))} only for task triggers, "
+                         "not for aggregate conditions")
+    kinds = {c.kind for c in conditions}
+    window = item.get("window", DEFAULT_WINDOW)
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window <= MAX_WINDOW:
+        raise ValueError(f"{where}: 'window' must be a number of seconds in (0, {MAX_WINDOW:g}]")
+    min_tasks = item.get("min_tasks", DEFAULT_MIN_TASKS)
+    if isinstance(min_tasks, bool) or not isinstance(min_tasks, int) or min_tasks < 1:
+        raise ValueError(f"{where}: 'min_tasks' must be a positive integer")
+    task_types = _str_list(where, "task_types", item.get("task_types"))
+    queues = _str_list(where, "queues", item.get("queues"))
+    if task_types and "failure_rate" not in kinds:
+        raise ValueError(f"{where}: 'task_types' filters failure_rate only")
+    if queues and not kinds & {"failure_rate", "queue_depth"}:
+        raise ValueError(f"{where}: 'queues' filters failure_rate and queue_depth only")
+    return {"window": float(window), "min_tasks": min_tasks, "task_types": task_types, "queues": queues}
 
 
 def _parse_digest(where: str, raw: Any) -> tuple[float, int] | None:
@@ -286,7 +362,22 @@ def parse_rules(raw: Any) -> list[Rule]:
             on = [on]
         if not isinstance(on, (list, tuple)) or not on:
             raise ValueError(f"{where}: 'on' must list at least one trigger, e.g. ['failed']")
-        triggers = tuple(dict.fromkeys(_parse_trigger(where, t) for t in on))
+        if not all(isinstance(t, str) for t in on):
+            raise ValueError(f"{where}: every 'on' entry must be a string")
+        parsed = [(t, _parse_condition(where, t)) for t in on]
+        conditions = tuple(dict.fromkeys(c for _t, c in parsed if c is not None))
+        triggers = tuple(dict.fromkeys(_parse_trigger(where, t) for t, c in parsed if c is None))
+        if conditions and triggers:
+            raise ValueError(f"{where}: 'on' mixes task triggers and aggregate conditions "
+                             "(failure_rate, queue_depth, no_workers); put them in separate rules")
+        if conditions:
+            extra = _parse_aggregate(where, item, conditions)
+        else:
+            stray = sorted(k for k in _AGGREGATE_KEYS if k in item)
+            if stray:
+                raise ValueError(f"{where}: {', '.join(map(repr, stray))} only for aggregate conditions "
+                                 "(failure_rate>N%, queue_depth>N, no_workers)")
+            extra = {"task_types": _str_list(where, "task_types", item.get("task_types"))}
         channels = _str_list(where, "channels", item.get("channels", ["websocket"]))
         if not channels:
             raise ValueError(f"{where}: 'channels' must not be empty")
@@ -307,8 +398,8 @@ def parse_rules(raw: Any) -> list[Rule]:
             if "@" not in address:
                 raise ValueError(f"{where}: {address!r} in 'email_to' is not an e-mail address")
         rules.append(Rule(
-            id=rule_id, triggers=triggers, channels=tuple(dict.fromkeys(channels)), priority=priority, type=kind,
-            task_types=_str_list(where, "task_types", item.get("task_types")),
+            id=rule_id, triggers=triggers, conditions=conditions, channels=tuple(dict.fromkeys(channels)),
+            priority=priority, type=kind, **extra,
             tags=_str_list(where, "tags", item.get("tags")), users=_str_list(where, "users", item.get("users")),
             title=item.get("title"), message=item.get("message"), action_url=item.get("action_url"),
             email_to=email_to, slack_webhook_url=_url(where, "slack_webhook_url", item.get("slack_webhook_url")),

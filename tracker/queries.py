@@ -53,7 +53,8 @@ __all__ = [
     "dashboards", "dashboard_by_id", "insert_dashboard", "delete_dashboard", "task_counts",
     "notification_deliveries", "metric_samples_after", "max_metric_id",
     "QUEUE_DEPTH_METRIC", "worker_online", "count_online_workers", "workers", "queue_consumers", "recent_queues",
-    "latest_queue_depths", "queue_depth_series",
+    "latest_queue_depths", "queue_depth_series", "glob_like", "failure_rate", "worker_heartbeat_age",
+    "database_clock",
 ]
 
 MAX_LIMIT = 1000
@@ -736,10 +737,11 @@ def recent_queues(within_seconds: float = 3600.0, limit: int = 200) -> Stmt:
 
 
 def latest_queue_depths(within_seconds: float = 300.0) -> Stmt:
-    """``(queue, depth, ts)``: the newest stored depth sample of each queue, if it is recent."""
+    """``(queue, depth, ts)``: the newest stored depth sample of each queue, among the samples of the
+    last ``within_seconds`` (an older one says nothing about the queue now)."""
     queue = Metric.labels.op("->>")(literal_column("'queue'"))
     q: Stmt = (select(queue.label("queue"), Metric.value.label("depth"), Metric.ts)
-               .where(Metric.name == QUEUE_DEPTH_METRIC, Metric.ts > func.now() - timedelta(seconds=within_seconds))
+               .where(Metric.name == QUEUE_DEPTH_METRIC, Metric.ts > _seconds_ago(within_seconds), queue.is_not(None))
                .ext(distinct_on(queue)).order_by(queue, Metric.ts.desc()))
     return q
 
@@ -752,3 +754,45 @@ def queue_depth_series(bucket: Any = "1m", since: Any = None, until: Any = None)
     q: Stmt = select(start, queue.label("queue"), func.max(Metric.value).label("depth"))
     q = _in_range(q.where(Metric.name == QUEUE_DEPTH_METRIC), Metric.ts, since, until)
     return q.group_by(text("1"), text("2")).order_by(text("1"), text("2"))
+
+
+# -- aggregate measurements (alert rules) ----------------------------------------------------------------
+def _seconds_ago(seconds: float) -> Any:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"a positive number of seconds is needed, got {seconds!r}")
+    return func.now() - timedelta(seconds=float(seconds))
+
+
+def glob_like(pattern: str) -> str:
+    """A ``*``/``?`` wildcard pattern (as rules write them) as a LIKE pattern with ``\\`` escapes."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _matching(column: Any, patterns: Sequence[str]) -> ColumnElement[bool]:
+    return or_(*(column.like(glob_like(p), escape="\\") for p in patterns))
+
+
+def failure_rate(window: float, task_types: Sequence[str] = (), queues: Sequence[str] = ()) -> Stmt:
+    """One row ``(finished, failed)``: tasks that finished (completed, failed or cancelled) in the
+    last ``window`` seconds, of the given task types and queues (``*``/``?`` wildcards), and how
+    many of them failed. Time is the database's, the same for every gateway."""
+    stmt: Stmt = select(func.count().label("finished"), func.count().filter(Task.status == "failed").label("failed"))
+    stmt = stmt.select_from(Task).where(Task.status.in_(_FINISHED), Task.finished_at >= _seconds_ago(window))
+    if task_types:
+        stmt = stmt.where(_matching(Task.task_type, task_types))
+    if queues:
+        stmt = stmt.where(_matching(Task.queue, queues))
+    return stmt
+
+
+def worker_heartbeat_age() -> Stmt:
+    """One row ``(age, now)``: seconds since the newest worker heartbeat (``None`` when no worker
+    was ever seen) and the database's clock as epoch seconds."""
+    return select(extract("epoch", func.now() - func.max(Worker.heartbeat_at)).label("age"),
+                  extract("epoch", func.now()).label("now"))
+
+
+def database_clock() -> Stmt:
+    """The database's clock as epoch seconds: one time base for every gateway."""
+    return select(extract("epoch", func.now()).label("now"))

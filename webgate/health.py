@@ -1,5 +1,8 @@
 """The gateway's upkeep loops: the health sweep, continuously, and retention, hourly.
 
+Each sweep pass is followed by a pass of the aggregate alerts (:mod:`webgate.alerts`) when the
+notification rules hold any, under its own advisory lock.
+
 Both run as background tasks for the application's lifetime (``cleanup_ctx``). With several
 gateways, advisory locks in PostgreSQL let one of them do each pass (see
 :mod:`tracker.health` and :mod:`tracker.retention`); a failed pass is logged and retried at
@@ -18,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from tracker import health, retention
+from webgate import alerts
 from webgate.keys import CONFIG, ENGINE, REDIS, REPORTER
 
 __all__ = ["setup", "SWEEPER", "PURGER", "LAST_SWEEP", "RETENTION_INTERVAL"]
@@ -41,7 +45,7 @@ def _stop_if_cancelled(exc: Exception) -> None:
         raise asyncio.CancelledError from exc
 
 
-async def _sweep_loop(app: web.Application) -> None:
+async def _sweep_loop(app: web.Application, evaluator: alerts.AlertEvaluator | None) -> None:
     config = app[CONFIG]
     interval = health.sweep_interval(config)
     while True:
@@ -55,6 +59,15 @@ async def _sweep_loop(app: web.Application) -> None:
             # PostgreSQL or Redis away: the next pass catches up.
             app[LAST_SWEEP].update(at=time.time(), error=str(exc))
             logger.warning("health sweep failed: %s", exc)
+        if evaluator is not None:
+            try:
+                await evaluator.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _stop_if_cancelled(exc)
+                # The next pass decides on fresh measurements and stores what this one could not.
+                logger.warning("aggregate alerts pass failed: %s", exc)
         await asyncio.sleep(interval)
 
 
@@ -86,7 +99,8 @@ async def _stop(task: asyncio.Task[Any]) -> None:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    app[SWEEPER] = asyncio.create_task(_sweep_loop(app), name="tracker-sweeper")
+    # The notifier's context has started before this one: aggregate alerts store through it.
+    app[SWEEPER] = asyncio.create_task(_sweep_loop(app, alerts.evaluator_for(app)), name="tracker-sweeper")
     # tracker_retention_days = 0 turns the periodic purge off.
     purger = app[CONFIG].retention_days > 0
     if purger:
