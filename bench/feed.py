@@ -426,7 +426,7 @@ def _serve_bare(port: int) -> None:
 
 # -- measurements ----------------------------------------------------------------------------------------------
 def _token(user: str, admin: bool = False) -> str:
-    from webgate.auth import make_token
+    from webgate.core.auth import make_token
 
     return make_token(SECRET, user, admin=admin, ttl=3600)
 

@@ -201,7 +201,7 @@ class Gateway:
 
 
 def make_token(user_id: str, admin: bool = False, ttl: int = 3600) -> str:
-    from webgate.auth import make_token as mint
+    from webgate.core.auth import make_token as mint
 
     return mint(SECRET, user_id, admin=admin, ttl=ttl)
 

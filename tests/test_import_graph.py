@@ -9,8 +9,9 @@ It keeps the layering of DESIGN.md true as the code changes:
 - ``tracker.cli`` reaches the gateway and the demo only through the ``tracker.commands`` entry
   points, never by import;
 - there is no cycle between the parts (a subpackage such as ``tracker.cli`` is a part of its own,
-  the modules directly in a top-level package are one part), and none between modules either,
-  except the REST cycle of ``webgate`` that the REST routing rewrite removes (it may only shrink).
+  the modules directly in a top-level package are one part), and none between modules either;
+- the REST endpoint modules (``webgate.api.*`` but the leaf, the schemas and the factory) never
+  import each other, and only the factory imports them.
 
 Every import counts, at module level or inside a function, under ``TYPE_CHECKING`` or not: a lazy
 import is still a dependency.
@@ -30,13 +31,9 @@ ABOVE_DATA = ("tracker.cli", "tracker.demo", "tracker.testing")
 #: What the data layer must never import.
 FORBIDDEN_FOR_DATA = (*ABOVE_DATA, "signals", "webgate", "examples")
 
-#: The REST layer's cycle (webgate/rest.py fills OPERATIONS by importing the endpoint modules, which
-#: import it back). Issue 13's REST rewrite (one RouteTableDef per module) removes it; until then a
-#: module cycle is allowed only among these.
-KNOWN_REST_CYCLE = frozenset({
-    "webgate.rest", "webgate.rest_tasks", "webgate.rest_logs", "webgate.rest_metrics",
-    "webgate.rest_notifications", "webgate.visualizations", "webgate.openapi", "webgate.rest_workers",
-})
+#: The REST package and its modules that are not endpoint modules (the leaf, the schemas, the factory).
+API_PACKAGE = "webgate.api"
+API_SHARED = frozenset({"webgate.api", "webgate.api.common", "webgate.api.schema", "webgate.api.factory"})
 
 
 def project_sources(root: Path = ROOT) -> dict[str, str]:
@@ -190,8 +187,25 @@ def test_no_cycle_between_parts() -> None:
     assert cycles(part_graph(GRAPH, SOURCES)) == []
 
 
-def test_no_cycle_between_modules_but_the_known_rest_one() -> None:
-    assert [sorted(c) for c in cycles(GRAPH) if not c <= KNOWN_REST_CYCLE] == []
+def test_no_cycle_between_modules() -> None:
+    assert [sorted(c) for c in cycles(GRAPH)] == []
+
+
+def endpoint_modules(sources: Iterable[str]) -> set[str]:
+    return {m for m in sources if m.startswith(API_PACKAGE + ".") and m not in API_SHARED}
+
+
+def endpoint_violations(graph: Mapping[str, set[str]]) -> list[str]:
+    """Imports of an endpoint module by anything but the factory (so by another endpoint module too)."""
+    endpoints = endpoint_modules(graph)
+    return sorted(f"{m} -> {t}" for m, targets in graph.items() if m != API_PACKAGE + ".factory"
+                  for t in targets if t in endpoints)
+
+
+def test_endpoint_modules_import_only_the_leaf_and_only_the_factory_imports_them() -> None:
+    assert {"webgate.api.tasks", "webgate.api.logs", "webgate.api.openapi"} <= endpoint_modules(GRAPH)
+    assert endpoint_modules(GRAPH) <= GRAPH["webgate.api.factory"]
+    assert endpoint_violations(GRAPH) == []
 
 
 def test_the_checks_catch_a_violation() -> None:
@@ -200,11 +214,15 @@ def test_the_checks_catch_a_violation() -> None:
         "tracker": "", "tracker.api": "from tracker import queries\n",
         "tracker.queries": "def f():\n    from tracker.api import Tracker\n",
         "tracker.cli": "", "tracker.cli.root": "import tracker.api\n",
-        "tracker.models": "from webgate.auth import make_token\n", "webgate": "", "webgate.auth": "",
+        "tracker.models": "from webgate.core.auth import make_token\n", "webgate": "", "webgate.core.auth": "",
         "tracker.cli.views": "from .root import main\n",
+        "webgate.api": "", "webgate.api.common": "", "webgate.api.factory": "from webgate.api import logs, tasks\n",
+        "webgate.api.tasks": "from webgate.api.common import Call\n",
+        "webgate.api.logs": "from webgate.api.tasks import LOG_FILTERS\n",
     }
     graph = module_graph(sources)
     assert cycles(graph) == [{"tracker.api", "tracker.queries"}]
-    assert data_layer_violations(graph) == ["tracker.models -> webgate.auth"]
+    assert data_layer_violations(graph) == ["tracker.models -> webgate.core.auth"]
     assert graph["tracker.cli.views"] == {"tracker.cli.root"}  # a relative import resolves
     assert part_graph(graph, sources)["tracker.cli"] == {"tracker"}
+    assert endpoint_violations(graph) == ["webgate.api.logs -> webgate.api.tasks"]

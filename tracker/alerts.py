@@ -2,7 +2,7 @@
 
 A rule of ``tracker_notifications`` whose ``on`` holds aggregate conditions
 (:class:`tracker.notify.Condition`) is not matched against task events: the gateway's sweeper
-measures the store every pass (:mod:`webgate.alerts`) and this module, which is pure, says what
+measures the store every pass (:mod:`webgate.notify.alerts`) and this module, which is pure, says what
 the measurements mean:
 
 * :func:`observe` turns :class:`Measurements` into one :class:`Observation` per rule, condition and

@@ -71,7 +71,7 @@ class TrackerConfig:
     queue_sample_interval: float = 5.0
     #: Lowest stdlib log level captured from loggers inside a task.
     log_level: str = "INFO"
-    #: Token signing secret: required, at least 32 bytes, no placeholder (webgate.auth.check_secret).
+    #: Token signing secret: required, at least 32 bytes, no placeholder (webgate.core.auth.check_secret).
     secret: str = ""
     #: Longest token lifetime (seconds) minted or accepted: 7 days.
     token_max_ttl: int = 604800

@@ -18,7 +18,7 @@ Every stored notification records its ``origin`` (a column the server sets, neve
 ``rule`` (made by a rule or a digest of the notifier), ``api`` (server code: ``Tracker.notify``,
 a task's ``notify``) or ``rest`` (posted by a client to ``POST /notifications``). Only ``rule``
 notifications use a rule's targets, and client posts never reach the global Slack and webhook
-targets (``webgate.channels.Targets.of``).
+targets (``webgate.notify.channels.Targets.of``).
 
 Delivery queue (Redis): a sorted set ``{prefix}:notify:due`` whose members are
 ``"<notification id>:<channel>"`` scored by the time the next attempt is due. Every gateway

@@ -17,10 +17,13 @@ from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.recorder import Recorder
 from tracker.reporter import Reporter
-from webgate import dashboard, feed, health, notifier, queues, rest
-from webgate.auth import check_secret
-from webgate.errors import error_middleware
-from webgate.keys import CELERY_APP, CONFIG, ENGINE, GATEWAY_ID, REDIS, REPORTER
+from webgate import dashboard, feed
+from webgate.api import factory as api
+from webgate.core.auth import check_secret
+from webgate.core.errors import error_middleware
+from webgate.core.keys import CELERY_APP, CONFIG, ENGINE, GATEWAY_ID, REDIS, REPORTER
+from webgate.notify import notifier
+from webgate.ops import health, prometheus, queues
 
 __all__ = ["create_app", "run_gateway"]
 
@@ -68,7 +71,8 @@ def create_app(config: TrackerConfig | None = None, *, celery_app: Any = None) -
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/healthz", healthz)
     feed.setup(app)
-    rest.setup(app)
+    api.setup(app)
+    prometheus.setup(app)
     notifier.setup(app)
     health.setup(app)
     queues.setup(app)
@@ -79,7 +83,7 @@ def create_app(config: TrackerConfig | None = None, *, celery_app: Any = None) -
 def run_gateway(config: TrackerConfig, host: str = "127.0.0.1", port: int = 8765, *, celery_app: Any = None) -> None:
     """Serve until SIGTERM/SIGINT, then close sockets (1001) and flush writes.
 
-    Raises :class:`webgate.auth.SecretError` before serving when ``TRACKER_SECRET`` is weak.
+    Raises :class:`webgate.core.auth.SecretError` before serving when ``TRACKER_SECRET`` is weak.
     """
     check_secret(config.secret)
     web.run_app(create_app(config, celery_app=celery_app), host=host, port=port, shutdown_timeout=5,

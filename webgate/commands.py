@@ -26,8 +26,8 @@ def gateway(ctx: click.Context, host: str, port: int, no_migrate: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = celery_app_from_ctx(ctx)
     config = TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env()
-    from webgate.auth import SecretError, check_secret
-    from webgate.notifier import check_config
+    from webgate.core.auth import SecretError, check_secret
+    from webgate.notify.notifier import check_config
 
     try:
         check_secret(config.secret)
@@ -50,7 +50,7 @@ def gateway(ctx: click.Context, host: str, port: int, no_migrate: bool) -> None:
 @click.pass_context
 def token(ctx: click.Context, user_id: str, admin: bool, ttl: int) -> None:
     """Print a token for USER_ID (alone on stdout)."""
-    from webgate.auth import make_token
+    from webgate.core.auth import make_token
 
     config = config_from_ctx(ctx)
     try:

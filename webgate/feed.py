@@ -35,10 +35,10 @@ from tracker import control, queries
 from tracker.api import task_record
 from tracker.status import TERMINAL, Status
 from webgate import frames
-from webgate.auth import authenticate
-from webgate.db import fetch_all, fetch_one
+from webgate.core.auth import authenticate
+from webgate.core.db import fetch_all, fetch_one
+from webgate.core.keys import CELERY_APP, CONFIG, REDIS, REPORTER
 from webgate.hub import Conn, FeedSettings, Hub, Item, id_key
-from webgate.keys import CELERY_APP, CONFIG, REDIS, REPORTER
 from webgate.stream import StreamReader, is_complete, replay
 
 __all__ = ["setup", "HUB", "FEED_SETTINGS", "STREAM_READER", "WS_PATH", "CLIENT_JS_PATH"]

@@ -274,7 +274,7 @@ async def test_gateways_sweep_continuously_and_report_once(tracker_env: dict[str
     from aiohttp import web
 
     from webgate import create_app
-    from webgate import health as gate_health
+    from webgate.ops import health as gate_health
 
     monkeypatch.setattr(gate_health, "_RETENTION_FIRST", 0.2)
     config = replace(TrackerConfig.from_env(), worker_lost_after=2.0, stall_after=3600.0, retention_days=30.0)

@@ -25,7 +25,7 @@ __all__ = ["FeedGateway", "Publisher", "recv", "recv_until", "ws_connect", "toke
 
 
 def token_for(user_id: str, admin: bool = False) -> str:
-    from webgate.auth import make_token
+    from webgate.core.auth import make_token
 
     return make_token(SECRET, user_id, admin=admin)
 

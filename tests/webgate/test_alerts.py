@@ -24,8 +24,8 @@ from tracker import notify as nt
 from tracker import queries as q
 from tracker.config import TrackerConfig
 from webgate import create_app
-from webgate.alerts import ALERTS
-from webgate.channels import SIGNATURE_HEADER, verify_signature
+from webgate.notify.alerts import ALERTS
+from webgate.notify.channels import SIGNATURE_HEADER, verify_signature
 
 HOOK_SECRET = "alert-hook-secret"
 #: Workers heartbeat often and gateways take them for lost soon.

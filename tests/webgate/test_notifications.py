@@ -28,8 +28,8 @@ from tracker.config import TrackerConfig
 from tracker.demo.services import free_port
 from tracker.events import Event, encode
 from webgate import create_app
-from webgate import notifier as nf
-from webgate.channels import (
+from webgate.notify import notifier as nf
+from webgate.notify.channels import (
     SIGNATURE_HEADER,
     DeliveryError,
     EmailChannel,
@@ -40,7 +40,7 @@ from webgate.channels import (
     slack_payload,
     verify_signature,
 )
-from webgate.notifier import NOTIFIER
+from webgate.notify.notifier import NOTIFIER
 
 SECRET = "hook-secret"
 PORT = web.AppKey("test_port", int)

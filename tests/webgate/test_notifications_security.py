@@ -33,7 +33,7 @@ from tests.webgate.test_notifications import (
 from tracker import Tracker
 from tracker.config import TrackerConfig
 from tracker.events import encode
-from webgate import notifier as nf
+from webgate.notify import notifier as nf
 
 RULE = "ops-alerts"
 # The receivers of the notifier's tests, and their clean-up of this module's rows.
@@ -237,7 +237,7 @@ async def test_email_subjects_are_single_line_and_bad_messages_fail_once(tracker
                       # An address the e-mail library refuses to put in a header (it would inject one).
                       broken: ["victim@example.com\r\nBcc: everyone@example.com"]}})
     t = Tracker(config=cfg)
-    caplog.set_level(logging.INFO, logger="webgate.notifier")
+    caplog.set_level(logging.INFO, logger="webgate.notify.notifier")
     try:
         async with serve(cfg) as app, client(app) as api:
             r = await api.call("POST", "/notifications", "admin", admin=True, json_body={
@@ -267,7 +267,7 @@ async def test_email_subjects_are_single_line_and_bad_messages_fail_once(tracker
     assert offered.count(refused) == 1  # offered to the server once
     assert unbuildable not in mails and len(sink.messages) == 2
     # One log line per permanent failure, no tracebacks.
-    records = [rec for rec in caplog.records if rec.name == "webgate.notifier"]
+    records = [rec for rec in caplog.records if rec.name == "webgate.notify.notifier"]
     assert not [rec for rec in records if rec.exc_info], [rec.getMessage() for rec in records]
     for nid in (refused, unbuildable):
         lines = [rec for rec in records if f"notification {nid} " in rec.getMessage()]

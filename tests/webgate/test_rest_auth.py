@@ -10,21 +10,14 @@ import jwt
 import pytest
 
 from tests.conftest import SECRET
-from webgate import (  # noqa: F401 - importing the endpoint modules fills rest.OPERATIONS
-    openapi,
-    rest,
-    rest_logs,
-    rest_metrics,
-    rest_notifications,
-    rest_tasks,
-    visualizations,
-)
+from webgate.api.common import Operation
+from webgate.api.factory import OPERATIONS
 
-OPS = [op for op in rest.OPERATIONS if op.auth]
+OPS = [op for op in OPERATIONS if op.auth]
 _SAMPLE = {"task_id": "some-task", "user_id": "someone", "notification_id": "1", "dashboard_id": "1"}
 
 
-def _path(op: rest.Operation) -> str:
+def _path(op: Operation) -> str:
     path = op.path
     for name in op.path_params:
         path = path.replace("{" + name + "}", _SAMPLE[name])

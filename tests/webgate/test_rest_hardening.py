@@ -121,7 +121,7 @@ async def test_dashboard_csp_connect_src_is_own_origin(gateway):
 
 
 async def test_exports_bounded_per_user_and_slow_readers_cut(gateway_with, sql):
-    from webgate.rest_tasks import _EXPORTS
+    from webgate.api.tasks import _EXPORTS
 
     user, other = new_user("exp"), new_user("exp")
     # ~20 MB of CSV: far more than the socket buffers, so a reader that does not read holds its export.

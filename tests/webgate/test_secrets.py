@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import ROOT, SECRET, make_token
 from tracker.demo.services import free_port
-from webgate.auth import SecretError, check_secret, decode_token
+from webgate.core.auth import SecretError, check_secret, decode_token
 
 WEAK = {
     "unset": None,
@@ -141,7 +141,7 @@ def test_decode_token_max_ttl() -> None:
     now = int(time.time())
     token = _forge(SECRET, iat=now, exp=now + 3600)
     assert decode_token(SECRET, token).user_id == "x"
-    from webgate.auth import AuthError
+    from webgate.core.auth import AuthError
 
     with pytest.raises(AuthError, match="lifetime"):
         decode_token(SECRET, token, max_ttl=600)

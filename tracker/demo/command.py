@@ -208,7 +208,7 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
     from tracker.migrate import upgrade
 
     upgrade(database_url)
-    from webgate.auth import SecretError, check_secret
+    from webgate.core.auth import SecretError, check_secret
 
     secret = os.environ.get("TRACKER_SECRET")
     if secret:
@@ -258,7 +258,7 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
     from tracker.api import Tracker
     from tracker.demo import app as demo_app
     from tracker.demo.view import LiveView, render_summary, stream_tail
-    from webgate.auth import make_token
+    from webgate.core.auth import make_token
 
     # The producer's buffered "pending" rows are written before the servers go.
     stack.callback(shutdown_all, 5.0)

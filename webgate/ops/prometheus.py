@@ -26,13 +26,13 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 from tracker import queries as q
-from webgate.db import fetch_all, fetch_one
-from webgate.errors import json_error
-from webgate.keys import CONFIG, REPORTER
+from webgate.core.db import fetch_all, fetch_one
+from webgate.core.errors import json_error
+from webgate.core.keys import CONFIG, REPORTER
 
 __all__ = ["setup", "PROMETHEUS", "PrometheusState", "CACHE_SECONDS", "METRICS_PATH"]
 
-logger = logging.getLogger("webgate.prometheus")
+logger = logging.getLogger("webgate.ops.prometheus")
 
 METRICS_PATH = "/metrics"
 #: How stale the figures read from PostgreSQL may be.
@@ -179,7 +179,7 @@ class _GatewayCollector(Collector):
 
     def _notifier(self) -> Iterator[Any]:
         try:
-            from webgate.notifier import NOTIFIER
+            from webgate.notify.notifier import NOTIFIER
         except ImportError:  # the notifier is optional for this module
             return
         notifier = self.app.get(NOTIFIER)
@@ -210,7 +210,7 @@ class _GatewayCollector(Collector):
             if status == "online":
                 active.add_metric([hostname], running)
         yield active
-        from webgate.queues import QUEUE_SAMPLER
+        from webgate.ops.queues import QUEUE_SAMPLER
 
         sampler = self.app.get(QUEUE_SAMPLER)
         depth = GaugeMetricFamily("tracker_queue_depth", "Messages waiting in a broker queue", labels=["queue"])

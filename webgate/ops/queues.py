@@ -27,13 +27,13 @@ from aiohttp import web
 from tracker import queries as q
 from tracker import queues as broker
 from tracker.records import QueueRecord, QueueReport
-from webgate.db import fetch_all
-from webgate.health import _stop as stop_task
-from webgate.keys import CELERY_APP, CONFIG, GATEWAY_ID, REDIS, REPORTER
+from webgate.core.db import fetch_all
+from webgate.core.keys import CELERY_APP, CONFIG, GATEWAY_ID, REDIS, REPORTER
+from webgate.ops.health import _stop as stop_task
 
 __all__ = ["setup", "QueueSampler", "QUEUE_SAMPLER", "NAMES_EVERY"]
 
-logger = logging.getLogger("webgate.queues")
+logger = logging.getLogger("webgate.ops.queues")
 
 #: Recent task records are scanned for queue names once per this many samples.
 NAMES_EVERY = 6

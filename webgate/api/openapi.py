@@ -1,17 +1,21 @@
 """The OpenAPI 3.1 document of the REST API, generated from the same declarations that route
-and validate requests (``webgate.rest.OPERATIONS``), so it cannot drift from the server."""
+and validate requests (every endpoint module's :class:`webgate.api.common.Endpoints`, which the
+factory lists in ``app[API_OPERATIONS]``), so it cannot drift from the server; and the vocabulary."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 from tracker import vocabulary
-from webgate.rest import OPERATIONS, Call, Operation, operation, reply
-from webgate.rest_schema import COMPONENTS
+from webgate.api.common import API, API_OPERATIONS, Call, Endpoints, Operation, reply
+from webgate.api.schema import COMPONENTS
 
-__all__ = ["document"]
+__all__ = ["routes", "document"]
+
+routes = Endpoints()
 
 _cache: dict[str, Any] = {}
 
@@ -47,12 +51,12 @@ def _operation(op: Operation) -> dict[str, Any]:
     return entry
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI document (built once: the operations are fixed at import)."""
+def document(operations: Iterable[Operation]) -> dict[str, Any]:
+    """The OpenAPI document (built once: the operations are fixed when the modules load)."""
     if "doc" not in _cache:
         paths: dict[str, dict[str, Any]] = {}
-        for op in OPERATIONS:
-            paths.setdefault(op.url, {})[op.method.lower()] = _operation(op)
+        for op in operations:
+            paths.setdefault(API + op.path, {})[op.method.lower()] = _operation(op)
         _cache["doc"] = {
             "openapi": "3.1.0",
             "info": {"title": "celery-tracking", "version": "1",
@@ -73,10 +77,11 @@ def document() -> dict[str, Any]:
     return _cache["doc"]
 
 
-@operation("GET", "/openapi.json", operation_id="openapi", summary="This document", tag="meta", auth=False,
+@routes.operation("GET", "/openapi.json", operation_id="openapi", summary="This document", tag="meta", auth=False,
            ok=(200, "OpenAPI 3.1 document", {"type": "object"}))
 async def openapi_json(call: Call) -> web.Response:
-    return reply(document())
+    operations: tuple[Operation, ...] = call.app[API_OPERATIONS]
+    return reply(document(operations))
 
 
 #: The shape of :func:`tracker.vocabulary.as_json`.
@@ -95,7 +100,7 @@ _VOCABULARY = {
 }
 
 
-@operation("GET", "/vocabulary", operation_id="vocabulary", tag="meta", auth=False,
+@routes.operation("GET", "/vocabulary", operation_id="vocabulary", tag="meta", auth=False,
            summary="Statuses (all, terminal, active), event types and the status each leaves a task in, "
                    "notification triggers and the feed's close codes",
            description="What clients such as the dashboard need to interpret tasks and events, from the one "

@@ -1,6 +1,6 @@
 """The gateway's aggregate alerts: measured and decided by the sweeper, once across gateways.
 
-Every sweep pass (:mod:`webgate.health`) calls :meth:`AlertEvaluator.run_pass`, which
+Every sweep pass (:mod:`webgate.ops.health`) calls :meth:`AlertEvaluator.run_pass`, which
 
 1. takes the transaction-level advisory lock :data:`tracker.alerts.ALERT_LOCK` (another gateway
    holding it makes this pass a no-op), so measurements and decisions of two gateways never
@@ -11,7 +11,7 @@ Every sweep pass (:mod:`webgate.health`) calls :meth:`AlertEvaluator.run_pass`, 
    gateways and surviving their restarts): a condition that became true opens an episode, one
    that became false closes it;
 4. stores the notifications of every new episode through the notifier
-   (:meth:`webgate.notifier.Notifier.store`), which delivers them on the rule's channels with
+   (:meth:`webgate.notify.notifier.Notifier.store`), which delivers them on the rule's channels with
    the usual retries and delivery tracking.
 
 An episode is marked ``notified`` only once its notifications are stored. If a gateway dies
@@ -36,12 +36,12 @@ from tracker import health
 from tracker import notify as nt
 from tracker import queries as q
 from tracker.config import TrackerConfig
-from webgate.keys import CONFIG, ENGINE, REDIS
-from webgate.notifier import NOTIFIER, Notifier
+from webgate.core.keys import CONFIG, ENGINE, REDIS
+from webgate.notify.notifier import NOTIFIER, Notifier
 
 __all__ = ["AlertEvaluator", "AlertPass", "ALERTS", "evaluator_for"]
 
-logger = logging.getLogger("webgate.alerts")
+logger = logging.getLogger("webgate.notify.alerts")
 
 #: Field of the state hash: when a pass first saw no online worker (database clock).
 _NO_WORKERS_SINCE = "#no_workers_since"

@@ -10,14 +10,26 @@ from aiohttp import web
 from tracker import queries as q
 from tracker.api import task_record
 from tracker.records import LogRecord
-from webgate.db import fetch_all
-from webgate.errors import json_error
-from webgate.keys import REPORTER
-from webgate.rest import TEXT, WHEN, Call, flush_writes, operation, reply, scope_user, when
-from webgate.rest_schema import ref
-from webgate.rest_tasks import LOG_FILTERS, log_query
+from webgate.api.common import (
+    LOG_FILTERS,
+    TEXT,
+    WHEN,
+    Call,
+    Endpoints,
+    flush_writes,
+    log_query,
+    reply,
+    scope_user,
+    when,
+)
+from webgate.api.schema import ref
+from webgate.core.db import fetch_all
+from webgate.core.errors import json_error
+from webgate.core.keys import REPORTER
 
-__all__: list[str] = []
+__all__ = ["routes"]
+
+routes = Endpoints()
 
 
 async def _owners(call: Call, task_ids: set[str]) -> dict[str, str | None]:
@@ -34,7 +46,7 @@ async def _owners(call: Call, task_ids: set[str]) -> dict[str, str | None]:
     return owners
 
 
-@operation("POST", "/logs", operation_id="createLogs", tag="logs",
+@routes.operation("POST", "/logs", operation_id="createLogs", tag="logs",
            summary="Add log lines (one object, or {\"logs\": [...]} for a batch)",
            description="A line about a task needs the task's owner or an admin; a line without a task is the "
                        "caller's own (admins may name another user_id). Stored and published like a Celery "
@@ -70,7 +82,7 @@ async def create_logs(call: Call) -> web.Response:
     return reply({"accepted": len(plan)}, 201 if stored else 202)
 
 
-@operation("GET", "/logs", operation_id="listLogs", tag="logs",
+@routes.operation("GET", "/logs", operation_id="listLogs", tag="logs",
            summary="Search log lines across tasks (full text, level, time range)",
            query={**LOG_FILTERS, "task_id": TEXT, "user_id": TEXT}, ok=(200, "A page of log lines", ref("LogPage")),
            errors=(403,))
@@ -89,7 +101,7 @@ async def _exists(call: Call, task_id: str) -> bool:
     return bool(await fetch_all(call.app, q.task_by_id(task_id)))
 
 
-@operation("GET", "/logs/stats", operation_id="logStats", tag="logs", summary="Log lines counted by level",
+@routes.operation("GET", "/logs/stats", operation_id="logStats", tag="logs", summary="Log lines counted by level",
            query={"task_id": TEXT, "user_id": TEXT, "since": WHEN, "until": WHEN},
            ok=(200, "Counts by level", ref("LogStats")), errors=(403,))
 async def log_stats(call: Call) -> web.Response:

@@ -11,13 +11,15 @@ from aiohttp import web
 from tracker import notify as nt
 from tracker import queries as q
 from tracker.records import NotificationRecord
-from webgate.db import execute, fetch_all, fetch_one
-from webgate.errors import json_error
-from webgate.keys import CONFIG
-from webgate.rest import CURSOR, LIMIT, TEXT, Call, no_content, operation, reply, scope_user, visible_task
-from webgate.rest_schema import ref
+from webgate.api.common import CURSOR, LIMIT, TEXT, Call, Endpoints, no_content, reply, scope_user, visible_task
+from webgate.api.schema import ref
+from webgate.core.db import execute, fetch_all, fetch_one
+from webgate.core.errors import json_error
+from webgate.core.keys import CONFIG
 
-__all__ = ["USER_CHANNELS", "ADMIN_CHANNELS"]
+__all__ = ["routes", "USER_CHANNELS", "ADMIN_CHANNELS"]
+
+routes = Endpoints()
 
 _FILTERS: dict[str, dict[str, Any]] = {
     "unread": {"type": "boolean", "description": "true: only unread; false: only read"},
@@ -38,7 +40,7 @@ async def _page(call: Call, user_id: str | None) -> web.Response:
     return reply({"items": [NotificationRecord.from_row(r).to_dict() for r in items], "next_cursor": nxt})
 
 
-@operation("GET", "/notifications", operation_id="listNotifications", tag="notifications",
+@routes.operation("GET", "/notifications", operation_id="listNotifications", tag="notifications",
            summary="The caller's notifications, newest first (admins: everyone's, or user_id's)",
            query={**_FILTERS, "user_id": TEXT}, ok=(200, "A page of notifications", ref("NotificationPage")),
            errors=(403,))
@@ -46,7 +48,7 @@ async def list_notifications(call: Call) -> web.Response:
     return await _page(call, scope_user(call, call.query.get("user_id")))
 
 
-@operation("GET", "/users/{user_id}/notifications", operation_id="listUserNotifications", tag="notifications",
+@routes.operation("GET", "/users/{user_id}/notifications", operation_id="listUserNotifications", tag="notifications",
            summary="One user's notifications (that user or an admin)",
            path_params={"user_id": {"type": "string", "minLength": 1, "maxLength": 255}}, query=_FILTERS,
            ok=(200, "A page of notifications", ref("NotificationPage")), errors=(403,))
@@ -66,7 +68,7 @@ async def _own(call: Call) -> int:
     return int(nid)
 
 
-@operation("PATCH", "/notifications/{notification_id}/read", operation_id="markNotificationRead",
+@routes.operation("PATCH", "/notifications/{notification_id}/read", operation_id="markNotificationRead",
            tag="notifications", summary="Mark a notification read", path_params=_ID,
            ok=(200, "The notification", ref("Notification")), errors=(403, 404))
 async def mark_read(call: Call) -> web.Response:
@@ -77,7 +79,7 @@ async def mark_read(call: Call) -> web.Response:
     return reply(NotificationRecord.from_row(rows[0]).to_dict())
 
 
-@operation("DELETE", "/notifications/{notification_id}", operation_id="deleteNotification", tag="notifications",
+@routes.operation("DELETE", "/notifications/{notification_id}", operation_id="deleteNotification", tag="notifications",
            summary="Delete a notification", path_params=_ID, ok=(204, "Deleted", None), errors=(403, 404))
 async def delete_notification(call: Call) -> web.Response:
     nid = await _own(call)
@@ -85,7 +87,7 @@ async def delete_notification(call: Call) -> web.Response:
     return no_content()
 
 
-@operation("GET", "/notifications/stats", operation_id="notificationStats", tag="notifications",
+@routes.operation("GET", "/notifications/stats", operation_id="notificationStats", tag="notifications",
            summary="Notification counts: total, unread, urgent, high", query={"user_id": TEXT},
            ok=(200, "Counts", ref("NotificationStats")), errors=(403,))
 async def notification_stats(call: Call) -> web.Response:
@@ -101,7 +103,7 @@ USER_CHANNELS = frozenset({"websocket"})
 ADMIN_CHANNELS = frozenset({"websocket", "email"})
 
 
-@operation("POST", "/notifications", operation_id="createNotifications", tag="notifications",
+@routes.operation("POST", "/notifications", operation_id="createNotifications", tag="notifications",
            summary="Send in-app (admins: also e-mail) notifications: one object or {\"notifications\": [...]}",
            description="Users notify themselves, on the websocket channel only; admins anyone, on websocket and "
                        "email (to the user's configured recipients). Other channels get 403 forbidden_channel. "
@@ -114,7 +116,7 @@ ADMIN_CHANNELS = frozenset({"websocket", "email"})
            ok=(201, "The stored notification(s)", {"anyOf": [ref("Notification"), ref("NotificationPage")]}),
            errors=(403, 404, 429))
 async def create_notifications(call: Call) -> web.Response:
-    from webgate.notifier import NOTIFIER
+    from webgate.notify.notifier import NOTIFIER
 
     batch = "notifications" in call.body
     items: list[dict[str, Any]] = [dict(n) for n in (call.body["notifications"] if batch else [call.body])]

@@ -8,52 +8,16 @@ from aiohttp import web
 
 from tracker import queries as q
 from tracker.records import WorkerRecord
-from webgate.db import fetch_all
-from webgate.errors import json_error
-from webgate.keys import CONFIG
-from webgate.queues import QUEUE_SAMPLER
-from webgate.rest import WHEN, Call, operation, reply, when
-from webgate.rest_schema import COMPONENTS, nullable, ref
-from webgate.visualizations import MAX_BUCKETS, _layout, check_range
+from webgate.api.common import MAX_BUCKETS, WHEN, Call, Endpoints, check_range, plotly_layout, reply, when
+from webgate.api.schema import ref
+from webgate.core.db import fetch_all
+from webgate.core.errors import json_error
+from webgate.core.keys import CONFIG
+from webgate.ops.queues import QUEUE_SAMPLER
 
-__all__: list[str] = []
+__all__ = ["routes"]
 
-_TIME = {"type": ["string", "null"], "format": "date-time"}
-COMPONENTS.update({
-    "Worker": {
-        "type": "object",
-        "required": ["hostname", "status", "pid", "concurrency", "active", "processed", "cpu_percent", "rss_bytes",
-                     "last_heartbeat", "started_at", "queues"],
-        "properties": {
-            "hostname": {"type": "string", "description": "The worker's node name (celery worker -n)"},
-            "status": {"type": "string", "enum": ["online", "offline"],
-                       "description": "offline once stopped gracefully, or when its last heartbeat is older "
-                                      "than tracker_worker_lost_after"},
-            "pid": nullable({"type": "integer"}), "concurrency": nullable({"type": "integer"}),
-            "active": {"type": "array", "items": {"type": "string"}, "description": "Ids of the tasks it runs"},
-            "processed": {"type": "integer", "description": "Tasks its processes finished since it started"},
-            "cpu_percent": nullable({"type": "number"}), "rss_bytes": nullable({"type": "integer"}),
-            "last_heartbeat": _TIME, "started_at": _TIME, "stopped_at": _TIME,
-            "queues": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "WorkerList": {"type": "object", "required": ["items"],
-                   "properties": {"items": {"type": "array", "items": ref("Worker")}}},
-    "Queue": {
-        "type": "object", "required": ["name", "depth", "consumers"],
-        "properties": {"name": {"type": "string"}, "depth": {"type": "integer", "minimum": 0},
-                       "consumers": {"type": "integer", "minimum": 0,
-                                     "description": "Online workers reading this queue"},
-                       "oldest_age_seconds": {"type": "number", "minimum": 0,
-                                              "description": "Age of the oldest waiting message, when known"}},
-    },
-    "QueueList": {
-        "type": "object", "required": ["items", "reason"],
-        "properties": {"items": {"type": "array", "items": ref("Queue")},
-                       "reason": nullable({"type": "string", "description": "Why items is empty, e.g. no Celery app"}),
-                       "sampled_at": _TIME},
-    },
-})
+routes = Endpoints()
 
 _HOSTNAME = {"hostname": {"type": "string", "minLength": 1, "maxLength": 255}}
 _STATUS = {"status": {"type": "string", "enum": ["online", "offline"]}}
@@ -64,7 +28,7 @@ def _admin(call: Call) -> None:
         raise json_error(403, "forbidden", "workers and queues need an admin token")
 
 
-@operation("GET", "/workers", operation_id="listWorkers", tag="workers", query=_STATUS,
+@routes.operation("GET", "/workers", operation_id="listWorkers", tag="workers", query=_STATUS,
            summary="Celery workers, online first, with their load and running tasks (admin)",
            ok=(200, "Workers", ref("WorkerList")), errors=(403,))
 async def list_workers(call: Call) -> web.Response:
@@ -73,7 +37,7 @@ async def list_workers(call: Call) -> web.Response:
     return reply({"items": [WorkerRecord.from_row(r).to_dict() for r in rows]})
 
 
-@operation("GET", "/workers/{hostname}", operation_id="getWorker", tag="workers", path_params=_HOSTNAME,
+@routes.operation("GET", "/workers/{hostname}", operation_id="getWorker", tag="workers", path_params=_HOSTNAME,
            summary="One worker by its node name (admin)", ok=(200, "The worker", ref("Worker")), errors=(403, 404))
 async def get_worker(call: Call) -> web.Response:
     _admin(call)
@@ -84,7 +48,7 @@ async def get_worker(call: Call) -> web.Response:
     return reply(WorkerRecord.from_row(rows[0]).to_dict())
 
 
-@operation("GET", "/queues", operation_id="listQueues", tag="workers",
+@routes.operation("GET", "/queues", operation_id="listQueues", tag="workers",
            summary="Broker queues: messages waiting, consumers, oldest message age (admin)",
            description="Sampled by the gateway every tracker_queue_sample_interval seconds from the broker of "
                        "its Celery app; the series is the metric tracker.queue.depth (label queue).",
@@ -99,7 +63,7 @@ _CHART_QUERY = {"since": {**WHEN, "default": "-1h"}, "until": WHEN,
                            "description": "Bucket width such as 10s, 1m, 5m"}}
 
 
-@operation("GET", "/queues/depth-chart", operation_id="queueDepthChart", tag="workers", query=_CHART_QUERY,
+@routes.operation("GET", "/queues/depth-chart", operation_id="queueDepthChart", tag="workers", query=_CHART_QUERY,
            summary="Plotly figure: depth of each queue over time, the largest sample per bucket (admin)",
            ok=(200, "Plotly figure", ref("Figure")), errors=(403,))
 async def queue_depth_chart(call: Call) -> web.Response:
@@ -115,6 +79,6 @@ async def queue_depth_chart(call: Call) -> web.Response:
         ys.append(float(r.depth))
     data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": xs, "y": ys,
              "hovertemplate": name + ": %{y:.0f}<extra></extra>"} for name, (xs, ys) in sorted(series.items())]
-    return reply({"data": data, "layout": _layout("Queue depth", xaxis={"type": "date"},
+    return reply({"data": data, "layout": plotly_layout("Queue depth", xaxis={"type": "date"},
                                                   yaxis={"title": {"text": "messages"}, "rangemode": "tozero"},
                                                   showlegend=True)})

@@ -5,15 +5,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from tracker import queries as q
-from webgate.db import fetch_all
-from webgate.rest import TEXT, WHEN, Call, operation, reply, scope_user, when
-from webgate.rest_schema import ref
-from webgate.visualizations import MAX_BUCKETS, check_range
+from webgate.api.common import MAX_BUCKETS, TEXT, WHEN, Call, Endpoints, check_range, reply, scope_user, when
+from webgate.api.schema import ref
+from webgate.core.db import fetch_all
 
-__all__: list[str] = []
+__all__ = ["routes"]
+
+routes = Endpoints()
 
 
-@operation("GET", "/metrics", operation_id="metricSeries", tag="metrics",
+@routes.operation("GET", "/metrics", operation_id="metricSeries", tag="metrics",
            summary="One metric aggregated per time bucket, oldest first",
            description="Automatic per-task metrics are task.queue_wait, task.run_time, task.cpu_time, "
                        "task.memory_growth and task.retries; workers report worker.cpu_percent and "

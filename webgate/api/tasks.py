@@ -22,61 +22,34 @@ from tracker.api import ExportEncoder, task_record
 from tracker.models import Task
 from tracker.records import LogRecord, MetricRecord, ProgressPoint, TaskRecord
 from tracker.status import ACTIVE, TERMINAL, Status
-from webgate.db import fetch_all, fetch_one
-from webgate.errors import json_error
-from webgate.keys import CELERY_APP, CONFIG, ENGINE, REDIS, REPORTER
-from webgate.rest import (
+from webgate.api.common import (
     CURSOR,
     LIMIT,
+    LOG_FILTERS,
+    TASK_FILTERS,
     TEXT,
     WHEN,
     Call,
+    Endpoints,
     flush_writes,
+    log_query,
     no_content,
-    operation,
     reply,
     scope_user,
+    task_filters,
     visible_task,
     when,
 )
-from webgate.rest_schema import LEVELS, ref
+from webgate.api.schema import ref
+from webgate.core.db import fetch_all, fetch_one
+from webgate.core.errors import json_error
+from webgate.core.keys import CELERY_APP, CONFIG, ENGINE, REDIS, REPORTER
 
-__all__ = ["TASK_FILTERS", "LOG_FILTERS", "task_filters", "log_query"]
+__all__ = ["routes", "setup"]
+
+routes = Endpoints()
 
 TASK_ID = {"task_id": {"type": "string", "minLength": 1, "maxLength": 255}}
-
-TASK_FILTERS: dict[str, dict[str, Any]] = {
-    "user_id": {**TEXT, "description": "Only this user's tasks (admins; users always see their own)"},
-    "status": {"type": "string", "maxLength": 200, "description": "A status or a comma-separated list"},
-    "task_type": TEXT, "tag": TEXT,
-    "search": {**TEXT, "description": "Substring of id, name, type, step or error"},
-    "since": WHEN, "until": WHEN, "group_id": TEXT, "root_id": TEXT, "parent_id": TEXT,
-}
-_LEVEL_PARAM = {"type": "string", "maxLength": 16, "description": "Level name (" + ", ".join(LEVELS) + ") or number"}
-LOG_FILTERS: dict[str, dict[str, Any]] = {
-    "level": {**_LEVEL_PARAM, "description": "Only this level"},
-    "min_level": {**_LEVEL_PARAM, "description": "This level and above"},
-    "search": {**TEXT, "description": "Full-text search in the message (web search syntax)"},
-    "since": WHEN, "until": WHEN, "limit": LIMIT, "cursor": CURSOR,
-    "order": {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
-}
-
-
-def task_filters(call: Call) -> q.TaskFilters:
-    """Validated filters of a task list, limited to what the caller may see."""
-    a = call.query
-    return q.TaskFilters(user_id=scope_user(call, a.get("user_id")), status=a.get("status"),
-                         task_type=a.get("task_type"), tag=a.get("tag"), since=when(a.get("since")),
-                         until=when(a.get("until")), search=a.get("search"), group_id=a.get("group_id"),
-                         root_id=a.get("root_id"), parent_id=a.get("parent_id"))
-
-
-def log_query(call: Call, task_id: str | None, user_id: str | None) -> Any:
-    a = call.query
-    return q.logs(task_id=task_id, user_id=user_id, level=a.get("level"), min_level=a.get("min_level"),
-                  search=a.get("search") or None, since=when(a.get("since")), until=when(a.get("until")),
-                  limit=a["limit"], cursor=a.get("cursor"), newest_first=a.get("order") == "desc")
-
 
 async def _fresh(call: Call, task_id: str) -> TaskRecord | None:
     row = await fetch_one(call.app, q.task_by_id(task_id))
@@ -98,7 +71,7 @@ def _writable(record: TaskRecord) -> None:
 
 
 # -- reads -------------------------------------------------------------------------------------------
-@operation("GET", "/tasks", operation_id="listTasks", summary="List tasks, newest first", tag="tasks",
+@routes.operation("GET", "/tasks", operation_id="listTasks", summary="List tasks, newest first", tag="tasks",
            query={**TASK_FILTERS, "limit": LIMIT, "cursor": CURSOR}, ok=(200, "A page of tasks", ref("TaskPage")),
            errors=(403,))
 async def list_tasks(call: Call) -> web.Response:
@@ -109,7 +82,7 @@ async def list_tasks(call: Call) -> web.Response:
     return reply({"items": [task_record(r).to_dict() for r in items], "next_cursor": nxt})
 
 
-@operation("GET", "/tasks/stats", operation_id="taskStats", tag="tasks",
+@routes.operation("GET", "/tasks/stats", operation_id="taskStats", tag="tasks",
            summary="Counts by status, success rate, p50/p95 duration and throughput",
            query={"since": WHEN, "until": WHEN, "user_id": TEXT,
                   "group_by": {"type": "string", "enum": ["task_type", "user_id", "queue", "worker", "status", "none"],
@@ -128,13 +101,13 @@ async def task_stats(call: Call) -> web.Response:
     return reply({"group_by": group_by, "groups": groups, "overall": overall})
 
 
-@operation("GET", "/tasks/{task_id}", operation_id="getTask", summary="One task", tag="tasks",
+@routes.operation("GET", "/tasks/{task_id}", operation_id="getTask", summary="One task", tag="tasks",
            path_params=TASK_ID, ok=(200, "The task", ref("Task")), errors=(403, 404))
 async def get_task(call: Call) -> web.Response:
     return reply((await visible_task(call, call.path["task_id"])).to_dict())
 
 
-@operation("GET", "/tasks/{task_id}/logs", operation_id="getTaskLogs", summary="Log lines of a task", tag="logs",
+@routes.operation("GET", "/tasks/{task_id}/logs", operation_id="getTaskLogs", summary="Log lines of a task", tag="logs",
            path_params=TASK_ID, query=LOG_FILTERS, ok=(200, "A page of log lines", ref("LogPage")),
            errors=(403, 404))
 async def task_logs(call: Call) -> web.Response:
@@ -145,7 +118,7 @@ async def task_logs(call: Call) -> web.Response:
     return reply({"items": [LogRecord.from_row(r).to_dict() for r in items], "next_cursor": nxt})
 
 
-@operation("DELETE", "/tasks/{task_id}/logs", operation_id="deleteTaskLogs", summary="Delete a task's log lines",
+@routes.operation("DELETE", "/tasks/{task_id}/logs", operation_id="deleteTaskLogs", summary="Delete a task's log lines",
            tag="logs", path_params=TASK_ID, ok=(200, "How many lines were deleted", ref("Deleted")),
            errors=(403, 404))
 async def delete_task_logs(call: Call) -> web.Response:
@@ -156,7 +129,7 @@ async def delete_task_logs(call: Call) -> web.Response:
     return reply({"deleted": n})
 
 
-@operation("GET", "/tasks/{task_id}/progress", operation_id="getTaskProgress", tag="tasks",
+@routes.operation("GET", "/tasks/{task_id}/progress", operation_id="getTaskProgress", tag="tasks",
            summary="Progress history of a task (oldest first)", path_params=TASK_ID,
            ok=(200, "Every progress value the task reported", ref("ProgressPage")), errors=(403, 404))
 async def task_progress(call: Call) -> web.Response:
@@ -165,7 +138,7 @@ async def task_progress(call: Call) -> web.Response:
     return reply({"items": [ProgressPoint.from_row(r).to_dict() for r in rows], "next_cursor": None})
 
 
-@operation("GET", "/tasks/{task_id}/metrics", operation_id="getTaskMetrics", tag="metrics",
+@routes.operation("GET", "/tasks/{task_id}/metrics", operation_id="getTaskMetrics", tag="metrics",
            summary="Metric samples recorded for a task (oldest first)", path_params=TASK_ID,
            query={"name": TEXT, "limit": LIMIT}, ok=(200, "Metric samples", ref("MetricPage")), errors=(403, 404))
 async def task_metrics(call: Call) -> web.Response:
@@ -175,7 +148,7 @@ async def task_metrics(call: Call) -> web.Response:
 
 
 # -- writes for non-Celery producers -------------------------------------------------------------------
-@operation("POST", "/tasks", operation_id="createTask", tag="tasks",
+@routes.operation("POST", "/tasks", operation_id="createTask", tag="tasks",
            summary="Record a task that does not run on Celery (admin)", body=ref("TaskCreate"),
            ok=(201, "The task as stored", ref("Task")),
            extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
@@ -216,7 +189,7 @@ def _eta(record: TaskRecord, pct: float, now: float) -> float | None:
     return elapsed * (100.0 - pct) / pct
 
 
-@operation("PATCH", "/tasks/{task_id}/progress", operation_id="updateProgress", tag="tasks",
+@routes.operation("PATCH", "/tasks/{task_id}/progress", operation_id="updateProgress", tag="tasks",
            summary="Report progress of a non-Celery task (owner or admin)", path_params=TASK_ID,
            body=ref("ProgressUpdate"), body_required=True, ok=(200, "The task as stored", ref("Task")),
            extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
@@ -251,7 +224,7 @@ def _status_fields(record: TaskRecord, st: Status, b: dict[str, Any], now: float
     return fields
 
 
-@operation("PATCH", "/tasks/{task_id}/status", operation_id="updateStatus", tag="tasks",
+@routes.operation("PATCH", "/tasks/{task_id}/status", operation_id="updateStatus", tag="tasks",
            summary="Change the status of a non-Celery task (owner or admin)", path_params=TASK_ID,
            body=ref("StatusUpdate"), body_required=True, ok=(200, "The task as stored", ref("Task")),
            extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
@@ -267,7 +240,7 @@ async def update_status(call: Call) -> web.Response:
     return await _after_write(call, record.task_id, record)
 
 
-@operation("POST", "/tasks/{task_id}/complete", operation_id="completeTask", tag="tasks",
+@routes.operation("POST", "/tasks/{task_id}/complete", operation_id="completeTask", tag="tasks",
            summary="Mark a non-Celery task completed (owner or admin)", path_params=TASK_ID, body=ref("Complete"),
            ok=(200, "The task as stored", ref("Task")),
            extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
@@ -281,7 +254,7 @@ async def complete_task(call: Call) -> web.Response:
     return await _after_write(call, record.task_id, record)
 
 
-@operation("POST", "/tasks/{task_id}/fail", operation_id="failTask", tag="tasks",
+@routes.operation("POST", "/tasks/{task_id}/fail", operation_id="failTask", tag="tasks",
            summary="Mark a non-Celery task failed (owner or admin)", path_params=TASK_ID, body=ref("Fail"),
            ok=(200, "The task as stored", ref("Task")),
            extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
@@ -316,28 +289,28 @@ _CONTROL_OK = (200, "The request was recorded; a running task acts on it at its 
                ref("ControlResult"))
 
 
-@operation("POST", "/tasks/{task_id}/pause", operation_id="pauseTask", tag="control",
+@routes.operation("POST", "/tasks/{task_id}/pause", operation_id="pauseTask", tag="control",
            summary="Pause a running TrackedTask at its next checkpoint (owner or admin)", path_params=TASK_ID,
            ok=_CONTROL_OK, errors=(403, 404, 409))
 async def pause_task(call: Call) -> web.Response:
     return await _control(call, "pause")
 
 
-@operation("POST", "/tasks/{task_id}/resume", operation_id="resumeTask", tag="control",
+@routes.operation("POST", "/tasks/{task_id}/resume", operation_id="resumeTask", tag="control",
            summary="Resume a paused task (owner or admin)", path_params=TASK_ID, ok=_CONTROL_OK,
            errors=(403, 404, 409))
 async def resume_task(call: Call) -> web.Response:
     return await _control(call, "resume")
 
 
-@operation("POST", "/tasks/{task_id}/cancel", operation_id="cancelTask", tag="control",
+@routes.operation("POST", "/tasks/{task_id}/cancel", operation_id="cancelTask", tag="control",
            summary="Cancel a task: a queued one never runs, a running one stops (owner or admin)",
            path_params=TASK_ID, body=ref("Control"), ok=_CONTROL_OK, errors=(403, 404, 409))
 async def cancel_task(call: Call) -> web.Response:
     return await _control(call, "cancel")
 
 
-@operation("DELETE", "/tasks/{task_id}", operation_id="deleteTask", tag="tasks",
+@routes.operation("DELETE", "/tasks/{task_id}", operation_id="deleteTask", tag="tasks",
            summary="Delete a finished or pending task with its progress history, logs and metrics (owner or admin)",
            path_params=TASK_ID, ok=(204, "Deleted", None), errors=(403, 404, 409))
 async def delete_task(call: Call) -> web.Response:
@@ -413,14 +386,14 @@ async def _stream_export(call: Call, fmt: str, write_timeout: float) -> web.Stre
     return resp
 
 
-@operation("GET", "/export/tasks.csv", operation_id="exportTasksCsv", tag="export",
+@routes.operation("GET", "/export/tasks.csv", operation_id="exportTasksCsv", tag="export",
            summary="All matching tasks as CSV (streamed)", query=TASK_FILTERS,
            ok=(200, "CSV with a header row", {"type": "string"}, "text/csv"), errors=(403, 429))
 async def export_csv(call: Call) -> web.StreamResponse:
     return await _export(call, "csv")
 
 
-@operation("GET", "/export/tasks.json", operation_id="exportTasksJson", tag="export",
+@routes.operation("GET", "/export/tasks.json", operation_id="exportTasksJson", tag="export",
            summary="All matching tasks as a JSON array (streamed)", query=TASK_FILTERS,
            ok=(200, "JSON array of tasks", {"type": "array", "items": ref("Task")}), errors=(403, 429))
 async def export_json(call: Call) -> web.StreamResponse:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import jwt
 from aiohttp import web
 
-from webgate.errors import json_error
-from webgate.keys import CONFIG
+from webgate.core.errors import json_error
+from webgate.core.keys import CONFIG
 
 __all__ = ["Principal", "make_token", "decode_token", "authenticate", "token_from_request", "AuthError",
            "check_secret", "SecretError", "DEFAULT_MAX_TTL", "MIN_SECRET_BYTES"]
@@ -119,7 +119,7 @@ def authenticate(request: web.Request, *, allow_query: bool = False) -> Principa
     if token is None:
         where = "Authorization: Bearer or ?token=" if allow_query else "Authorization: Bearer"
         raise json_error(401, "unauthorized", f"missing token ({where})")
-    config = request.app[CONFIG]
+    config = request.config_dict[CONFIG]  # REST handlers run in a sub-application
     try:
         return decode_token(config.secret, token, max_ttl=config.token_max_ttl)
     except AuthError as exc:

@@ -42,7 +42,8 @@ from tracker.config import TrackerConfig
 from tracker.events import decode
 from tracker.records import NotificationRecord
 from tracker.retry import reconnecting
-from webgate.channels import (
+from webgate.core.keys import CONFIG, ENGINE, GATEWAY_ID, REDIS
+from webgate.notify.channels import (
     Channel,
     DeliveryError,
     EmailChannel,
@@ -53,14 +54,13 @@ from webgate.channels import (
     WebsocketChannel,
     check_channel_settings,
 )
-from webgate.keys import CONFIG, ENGINE, GATEWAY_ID, REDIS
 
 __all__ = [
     "Notifier", "NOTIFIER", "setup", "check_config", "list_notifications", "get_notification", "set_read",
     "delete_notification", "notification_stats", "create_notifications",
 ]
 
-logger = logging.getLogger("webgate.notifier")
+logger = logging.getLogger("webgate.notify.notifier")
 
 #: Per burst counter: the position of a notification in its window (the same on a redelivery),
 #: and for the ones past the threshold the digest bookkeeping.

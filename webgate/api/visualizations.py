@@ -17,33 +17,35 @@ from aiohttp import web
 
 from tracker import queries as q
 from tracker.records import ProgressPoint
-from webgate.db import execute, fetch_all, fetch_one
-from webgate.errors import json_error
-from webgate.rest import (
+from webgate.api.common import (
     CURSOR,
     LIMIT,
     TEXT,
     WHEN,
     Call,
+    Endpoints,
+    check_range,
     no_content,
-    operation,
     parse_params,
+    plotly_layout,
     reply,
     scope_user,
     visible_task,
     when,
 )
-from webgate.rest_schema import CHARTS, STATUSES, SchemaError, ref
+from webgate.api.schema import CHARTS, STATUSES, SchemaError, ref
+from webgate.core.db import execute, fetch_all, fetch_one
+from webgate.core.errors import json_error
 
-__all__ = ["CHART_PARAMS", "render_chart", "STATUS_COLORS", "check_range", "MAX_BUCKETS"]
+__all__ = ["routes", "CHART_PARAMS", "render_chart", "STATUS_COLORS"]
+
+routes = Endpoints()
 
 Figure = dict[str, Any]
 
 STATUS_COLORS = {"pending": "#94a3b8", "running": "#3b82f6", "paused": "#f59e0b", "completed": "#22c55e",
                  "failed": "#ef4444", "cancelled": "#6b7280"}
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-#: A chart never asks the store for more time buckets than this.
-MAX_BUCKETS = 5000
 _BUCKET = {"type": "string", "maxLength": 16, "default": "5m", "description": "Bucket width such as 1m, 5m, 1h, 1d"}
 
 CHART_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
@@ -66,11 +68,6 @@ CHART_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def _layout(title: str, **extra: Any) -> dict[str, Any]:
-    return {"title": {"text": title}, "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
-            "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)", **extra}
-
-
 # -- figures ----------------------------------------------------------------------------------------------
 async def progress_chart(call: Call, a: dict[str, Any]) -> Figure:
     task = await visible_task(call, a["task_id"])
@@ -80,7 +77,7 @@ async def progress_chart(call: Call, a: dict[str, Any]) -> Figure:
         return {"data": [{"type": "indicator", "mode": "gauge+number", "value": task.progress,
                           "number": {"suffix": "%"},
                           "gauge": {"axis": {"range": [0, 100]}, "bar": {"color": color}}}],
-                "layout": _layout(f"{label}: {task.status}")}
+                "layout": plotly_layout(f"{label}: {task.status}")}
     rows = await fetch_all(call.app, q.progress_history(task.task_id))
     points = [ProgressPoint.from_row(r) for r in rows]
     trace: dict[str, Any] = {"type": "scatter", "name": "progress", "x": [p.ts for p in points],
@@ -90,7 +87,7 @@ async def progress_chart(call: Call, a: dict[str, Any]) -> Figure:
                              "line": {"color": "#3b82f6"}}
     if a["chart"] == "area":
         trace["fill"] = "tozeroy"
-    return {"data": [trace], "layout": _layout(f"Progress of {label}", xaxis={"type": "date"},
+    return {"data": [trace], "layout": plotly_layout(f"Progress of {label}", xaxis={"type": "date"},
                                                yaxis={"range": [0, 100], "title": {"text": "%"}})}
 
 
@@ -107,19 +104,8 @@ async def status_distribution(call: Call, a: dict[str, Any]) -> Figure:
     else:
         data = [{"type": "pie", "labels": labels, "values": values, "hole": 0.45, "sort": False,
                  "marker": {"colors": colors}}]
-    return {"data": data, "layout": _layout(f"Status of {total} task{'s' if total != 1 else ''}",
+    return {"data": data, "layout": plotly_layout(f"Status of {total} task{'s' if total != 1 else ''}",
                                             meta={"counts": counts, "total": total})}
-
-
-def check_range(a: dict[str, Any], bucket: str) -> None:
-    """Refuse a range that would need more than MAX_BUCKETS buckets."""
-    width = q.parse_bucket(bucket).total_seconds()
-    t0 = q.parse_time(when(a.get("since")), "since")
-    t1 = q.parse_time(when(a.get("until")), "until") or datetime.now(UTC)
-    if t0 is None:
-        raise SchemaError("since is required for this chart")
-    if (t1 - t0).total_seconds() / width > MAX_BUCKETS:
-        raise SchemaError(f"too many buckets: use a wider bucket or a shorter range (at most {MAX_BUCKETS})")
 
 
 async def performance_metrics(call: Call, a: dict[str, Any]) -> Figure:
@@ -153,7 +139,7 @@ async def performance_metrics(call: Call, a: dict[str, Any]) -> Figure:
     for task_type, (xs, ys) in sorted(by_type.items()):
         data.append({"type": "scatter", "mode": "lines+markers", "name": f"{task_type} finished", "x": xs, "y": ys,
                      "xaxis": "x3", "yaxis": "y3", "hovertemplate": "%{y} finished<extra>" + task_type + "</extra>"})
-    layout = _layout(
+    figure_layout = plotly_layout(
         "Performance by task type", barmode="group", height=560,
         xaxis={"domain": [0, 0.46], "anchor": "y"}, yaxis={"domain": [0.6, 1], "range": [0, 100], "anchor": "x",
                                                            "title": {"text": "success %"}},
@@ -165,7 +151,7 @@ async def performance_metrics(call: Call, a: dict[str, Any]) -> Figure:
                 "title": {"text": f"finished per {bucket}"}},
         meta={"groups": groups, "bucket": bucket}, legend={"orientation": "h", "y": -0.12},
     )
-    return {"data": data, "layout": layout}
+    return {"data": data, "layout": figure_layout}
 
 
 async def activity_heatmap(call: Call, a: dict[str, Any]) -> Figure:
@@ -178,7 +164,7 @@ async def activity_heatmap(call: Call, a: dict[str, Any]) -> Figure:
     return {"data": [{"type": "heatmap", "z": z, "x": [f"{h:02d}" for h in range(24)], "y": WEEKDAYS,
                       "colorscale": [[0, "#f1f5f9"], [0.001, "#dbeafe"], [1, "#1d4ed8"]], "xgap": 2, "ygap": 2,
                       "zmin": 0, "hovertemplate": "%{y} %{x}:00 - %{z} tasks<extra></extra>"}],
-            "layout": _layout("Activity by weekday and hour", xaxis={"title": {"text": "hour"}, "dtick": 1},
+            "layout": plotly_layout("Activity by weekday and hour", xaxis={"title": {"text": "hour"}, "dtick": 1},
                               yaxis={"autorange": "reversed"}, meta={"total": sum(map(sum, z))})}
 
 
@@ -217,10 +203,11 @@ def _register_chart(kind: str) -> None:
         return reply(await render_chart(call, kind, _with_defaults(spec, call.body)))
 
     ok = (200, "Plotly figure JSON", ref("Figure"))
-    operation("GET", f"/visualizations/{kind}", operation_id=f"get{camel}", summary=summary, tag="visualizations",
-              query=spec, ok=ok, errors=errors)(get)
-    operation("POST", f"/visualizations/{kind}", operation_id=f"post{camel}", summary=summary + " (JSON body)",
-              tag="visualizations", body=_body_schema(spec), ok=ok, errors=errors)(post)
+    routes.operation("GET", f"/visualizations/{kind}", operation_id=f"get{camel}", summary=summary,
+                     tag="visualizations", query=spec, ok=ok, errors=errors)(get)
+    routes.operation("POST", f"/visualizations/{kind}", operation_id=f"post{camel}",
+                     summary=summary + " (JSON body)", tag="visualizations", body=_body_schema(spec), ok=ok,
+                     errors=errors)(post)
 
 
 for _kind in CHARTS:
@@ -286,15 +273,15 @@ async def _render_dashboard(call: Call) -> web.Response:
 _DASHBOARD_OK = (201, "The saved dashboard", ref("Dashboard"))
 _VIEW_OK = (200, "The dashboard with each widget's figure", ref("DashboardView"))
 
-operation("POST", "/visualizations/dashboards", operation_id="createDashboard", tag="visualizations",
-          summary="Save a dashboard of chart widgets", body=ref("DashboardIn"), body_required=True,
-          ok=_DASHBOARD_OK)(_create_dashboard)
-operation("POST", "/visualizations/dashboard", operation_id="createDashboardSeed", tag="visualizations",
-          summary="Save a dashboard (the seeds' path)", body=ref("DashboardIn"), body_required=True,
-          ok=_DASHBOARD_OK)(_create_dashboard)
+routes.operation("POST", "/visualizations/dashboards", operation_id="createDashboard", tag="visualizations",
+                 summary="Save a dashboard of chart widgets", body=ref("DashboardIn"), body_required=True,
+                 ok=_DASHBOARD_OK)(_create_dashboard)
+routes.operation("POST", "/visualizations/dashboard", operation_id="createDashboardSeed", tag="visualizations",
+                 summary="Save a dashboard (the seeds' path)", body=ref("DashboardIn"), body_required=True,
+                 ok=_DASHBOARD_OK)(_create_dashboard)
 
 
-@operation("GET", "/visualizations/dashboards", operation_id="listDashboards", tag="visualizations",
+@routes.operation("GET", "/visualizations/dashboards", operation_id="listDashboards", tag="visualizations",
            summary="Saved dashboards, newest first (admins: everyone's, or user_id's)",
            query={"user_id": TEXT, "limit": LIMIT, "cursor": CURSOR},
            ok=(200, "A page of dashboards", ref("DashboardPage")), errors=(403,))
@@ -306,15 +293,15 @@ async def list_dashboards(call: Call) -> web.Response:
     return reply({"items": [dict(r._mapping) for r in items], "next_cursor": nxt})
 
 
-operation("GET", "/visualizations/dashboards/{dashboard_id}", operation_id="getDashboard", tag="visualizations",
-          summary="A saved dashboard with its figures rendered", path_params=_DASHBOARD_ID, ok=_VIEW_OK,
-          errors=(403, 404))(_render_dashboard)
-operation("GET", "/visualizations/dashboard/{dashboard_id}", operation_id="getDashboardSeed", tag="visualizations",
-          summary="A saved dashboard with its figures rendered (the seeds' path)", path_params=_DASHBOARD_ID,
-          ok=_VIEW_OK, errors=(403, 404))(_render_dashboard)
+routes.operation("GET", "/visualizations/dashboards/{dashboard_id}", operation_id="getDashboard",
+                 tag="visualizations", summary="A saved dashboard with its figures rendered",
+                 path_params=_DASHBOARD_ID, ok=_VIEW_OK, errors=(403, 404))(_render_dashboard)
+routes.operation("GET", "/visualizations/dashboard/{dashboard_id}", operation_id="getDashboardSeed",
+                 tag="visualizations", summary="A saved dashboard with its figures rendered (the seeds' path)",
+                 path_params=_DASHBOARD_ID, ok=_VIEW_OK, errors=(403, 404))(_render_dashboard)
 
 
-@operation("DELETE", "/visualizations/dashboards/{dashboard_id}", operation_id="deleteDashboard",
+@routes.operation("DELETE", "/visualizations/dashboards/{dashboard_id}", operation_id="deleteDashboard",
            tag="visualizations", summary="Delete a saved dashboard", path_params=_DASHBOARD_ID,
            ok=(204, "Deleted", None), errors=(403, 404))
 async def delete_dashboard(call: Call) -> web.Response:

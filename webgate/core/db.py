@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.engine import Row
 
-from webgate.keys import ENGINE
+from webgate.core.keys import ENGINE
 
 __all__ = ["fetch_all", "fetch_one", "execute"]
 

@@ -1,6 +1,6 @@
 """The gateway's upkeep loops: the health sweep, continuously, and retention, hourly.
 
-Each sweep pass is followed by a pass of the aggregate alerts (:mod:`webgate.alerts`) when the
+Each sweep pass is followed by a pass of the aggregate alerts (:mod:`webgate.notify.alerts`) when the
 notification rules hold any, under its own advisory lock.
 
 Both run as background tasks for the application's lifetime (``cleanup_ctx``). With several
@@ -21,12 +21,12 @@ from typing import Any
 from aiohttp import web
 
 from tracker import health, retention
-from webgate import alerts
-from webgate.keys import CONFIG, ENGINE, REDIS, REPORTER
+from webgate.core.keys import CONFIG, ENGINE, REDIS, REPORTER
+from webgate.notify import alerts
 
 __all__ = ["setup", "SWEEPER", "PURGER", "LAST_SWEEP", "RETENTION_INTERVAL"]
 
-logger = logging.getLogger("webgate.health")
+logger = logging.getLogger("webgate.ops.health")
 
 #: Seconds between two retention passes (the first one a minute after start).
 RETENTION_INTERVAL = 3600.0

@@ -382,3 +382,41 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "array"
     return "object" if isinstance(value, dict) else type(value).__name__
+
+
+# -- workers and queues ----------------------------------------------------------------------------
+COMPONENTS.update({
+    "Worker": {
+        "type": "object",
+        "required": ["hostname", "status", "pid", "concurrency", "active", "processed", "cpu_percent", "rss_bytes",
+                     "last_heartbeat", "started_at", "queues"],
+        "properties": {
+            "hostname": {"type": "string", "description": "The worker's node name (celery worker -n)"},
+            "status": {"type": "string", "enum": ["online", "offline"],
+                       "description": "offline once stopped gracefully, or when its last heartbeat is older "
+                                      "than tracker_worker_lost_after"},
+            "pid": nullable({"type": "integer"}), "concurrency": nullable({"type": "integer"}),
+            "active": {"type": "array", "items": {"type": "string"}, "description": "Ids of the tasks it runs"},
+            "processed": {"type": "integer", "description": "Tasks its processes finished since it started"},
+            "cpu_percent": nullable({"type": "number"}), "rss_bytes": nullable({"type": "integer"}),
+            "last_heartbeat": _TIME, "started_at": _TIME, "stopped_at": _TIME,
+            "queues": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "WorkerList": {"type": "object", "required": ["items"],
+                   "properties": {"items": {"type": "array", "items": ref("Worker")}}},
+    "Queue": {
+        "type": "object", "required": ["name", "depth", "consumers"],
+        "properties": {"name": {"type": "string"}, "depth": {"type": "integer", "minimum": 0},
+                       "consumers": {"type": "integer", "minimum": 0,
+                                     "description": "Online workers reading this queue"},
+                       "oldest_age_seconds": {"type": "number", "minimum": 0,
+                                              "description": "Age of the oldest waiting message, when known"}},
+    },
+    "QueueList": {
+        "type": "object", "required": ["items", "reason"],
+        "properties": {"items": {"type": "array", "items": ref("Queue")},
+                       "reason": nullable({"type": "string", "description": "Why items is empty, e.g. no Celery app"}),
+                       "sampled_at": _TIME},
+    },
+})

@@ -1,9 +1,16 @@
-"""REST API under ``/api/v1/progress``: the operation registry and what every handler shares.
+"""What every REST endpoint module shares: the route table with its declarations, the caller
+(principal), request parsing and the JSON depth check, replies and errors, pagination and the
+filters several endpoints take.
 
-Each endpoint is declared once with :func:`operation` - method, path, query parameters, body
-schema and responses. The same declaration registers the aiohttp route, validates the request
-before the handler runs (so a rejected request never writes anything) and produces the
-OpenAPI document (``webgate.openapi``), which therefore describes what the server does.
+Each endpoint module owns one :class:`Endpoints` (an aiohttp ``RouteTableDef``) and declares each
+endpoint once with :meth:`Endpoints.operation` - method, path, query parameters, body schema and
+responses. The same declaration adds the aiohttp route, validates the request before the handler
+runs (so a rejected request never writes anything) and is published in the OpenAPI document
+(``webgate.api.openapi``), which therefore describes what the server does. The factory
+(``webgate.api.factory``) mounts the tables under :data:`API` with ``add_subapp``.
+
+This module is the leaf of the REST layer: it imports no endpoint module, and endpoint modules
+import only it (and the schema), never each other.
 """
 
 from __future__ import annotations
@@ -15,25 +22,26 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.exceptions
 import sqlalchemy.exc
 from aiohttp import web
 
+from tracker import queries as q
 from tracker.api import task_record
-from tracker.queries import task_by_id
 from tracker.records import TaskRecord
-from webgate.auth import Principal, authenticate
-from webgate.db import fetch_one
-from webgate.errors import json_error
-from webgate.keys import REPORTER
-from webgate.rest_schema import SchemaError, check_text, validate
+from webgate.api.schema import LEVELS, SchemaError, check_text, validate
+from webgate.core.auth import Principal, authenticate
+from webgate.core.db import fetch_one
+from webgate.core.errors import json_error
+from webgate.core.keys import REPORTER
 
-__all__ = ["API", "Call", "Operation", "OPERATIONS", "operation", "reply", "no_content", "dumps", "setup",
+__all__ = ["API", "API_OPERATIONS", "Call", "Endpoints", "Operation", "reply", "no_content", "dumps",
            "parse_params", "scope_user", "visible_task", "flush_writes", "Reply", "when", "LIMIT", "CURSOR", "TEXT",
-           "WHEN", "TIME_DOC"]
+           "WHEN", "TIME_DOC", "TASK_FILTERS", "LOG_FILTERS", "task_filters", "log_query", "MAX_BUCKETS",
+           "check_range", "plotly_layout"]
 
 API = "/api/v1/progress"
 #: Operations (paths under API) that also accept the token as ``?token=``: plain download links.
@@ -56,7 +64,9 @@ class Call:
 
     @property
     def app(self) -> web.Application:
-        return self.request.app
+        """The gateway's application (the REST handlers run in a sub-application: its root holds the
+        engine, the Redis client, the reporter and the settings)."""
+        return self.request.match_info.apps[0]
 
 
 Handler = Callable[[Call], Awaitable[web.StreamResponse]]
@@ -83,36 +93,49 @@ class Operation:
         return API + self.path
 
 
-OPERATIONS: list[Operation] = []
+#: The root application's list of every REST operation, set by the factory for the OpenAPI document.
+API_OPERATIONS: web.AppKey[tuple[Operation, ...]] = web.AppKey("tracker_rest_operations", tuple)
 
 _ERRORS = {400: "Invalid input", 401: "Missing, invalid or expired token", 403: "Not allowed for this user",
            404: "Not found", 409: "Conflicts with the current state", 413: "Request body too large",
            429: "Too many requests", 503: "Store or bus unavailable"}
 
 
-def operation(method: str, path: str, *, operation_id: str, summary: str, tag: str,
-              ok: tuple[int, str, Schema | None] | tuple[int, str, Schema | None, str],
-              query: dict[str, Schema] | None = None, path_params: dict[str, Schema] | None = None,
-              body: Schema | None = None, body_required: bool = False, errors: tuple[int, ...] = (),
-              extra: list[Reply] | None = None, auth: bool = True,
-              description: str = "") -> Callable[[Handler], Handler]:
-    """Declare an endpoint: ``ok`` is its success reply, ``errors`` the 4xx it can answer
-    beyond the ones every endpoint has (400, 401, 503; 413 with a body)."""
-    content = ok[3] if len(ok) == 4 else "application/json"  # type: ignore[misc]
-    replies: list[Reply] = [(ok[0], ok[1], ok[2], content), *(extra or [])]
-    codes = {400, 503, *errors}
-    if auth:
-        codes.add(401)
-    if body is not None:
-        codes.add(413)
-    replies += [(c, _ERRORS[c], {"$ref": "#/components/schemas/Error"}, "application/json") for c in sorted(codes)]
+class Endpoints(web.RouteTableDef):
+    """One endpoint module's aiohttp route table, with the declaration of each of its operations."""
 
-    def register(handler: Handler) -> Handler:
-        OPERATIONS.append(Operation(method, path, operation_id, summary, tag, handler, dict(query or {}),
-                                    dict(path_params or {}), body, body_required, replies, auth, description))
-        return handler
+    def __init__(self) -> None:
+        super().__init__()
+        self.operations: list[Operation] = []
 
-    return register
+    def operation(self, method: str, path: str, *, operation_id: str, summary: str, tag: str,
+                  ok: tuple[int, str, Schema | None] | tuple[int, str, Schema | None, str],
+                  query: dict[str, Schema] | None = None, path_params: dict[str, Schema] | None = None,
+                  body: Schema | None = None, body_required: bool = False, errors: tuple[int, ...] = (),
+                  extra: list[Reply] | None = None, auth: bool = True,
+                  description: str = "") -> Callable[[Handler], Handler]:
+        """Declare an endpoint: ``ok`` is its success reply, ``errors`` the 4xx it can answer
+        beyond the ones every endpoint has (400, 401, 503; 413 with a body)."""
+        content = ok[3] if len(ok) == 4 else "application/json"  # type: ignore[misc]
+        replies: list[Reply] = [(ok[0], ok[1], ok[2], content), *(extra or [])]
+        codes = {400, 503, *errors}
+        if auth:
+            codes.add(401)
+        if body is not None:
+            codes.add(413)
+        replies += [(c, _ERRORS[c], {"$ref": "#/components/schemas/Error"}, "application/json")
+                    for c in sorted(codes)]
+
+        def register(handler: Handler) -> Handler:
+            op = Operation(method, path, operation_id, summary, tag, handler, dict(query or {}),
+                           dict(path_params or {}), body, body_required, replies, auth, description)
+            self.operations.append(op)
+            # Routes keep declaration order, which keeps fixed paths such as /tasks/stats ahead
+            # of /tasks/{task_id}.
+            self.route(method, _route_path(op), name=operation_id)(_wrap(op))
+            return handler
+
+        return register
 
 
 # -- responses --------------------------------------------------------------------------------------
@@ -296,7 +319,7 @@ def scope_user(call: Call, requested: str | None) -> str | None:
 
 async def visible_task(call: Call, task_id: str) -> TaskRecord:
     """The task if the caller may see it: 404 when there is none, 403 when it is another user's."""
-    row = await fetch_one(call.app, task_by_id(task_id))
+    row = await fetch_one(call.app, q.task_by_id(task_id))
     if row is None:
         raise json_error(404, "not_found", f"no task {task_id!r}")
     record = task_record(row)
@@ -311,31 +334,67 @@ async def flush_writes(app: web.Application, timeout: float = 5.0) -> bool:
 
 
 def _route_path(op: Operation) -> str:
-    """The aiohttp path: integer ids only match digits, so ``/notifications/stats`` is never
-    taken for a notification id (other methods there get 405, not a 400 about the id)."""
-    path = op.url
+    """The aiohttp path under :data:`API`: integer ids only match digits, so ``/notifications/stats``
+    is never taken for a notification id (other methods there get 405, not a 400 about the id)."""
+    path = op.path
     for name, schema in op.path_params.items():
         if schema.get("type") == "integer":
             path = path.replace("{" + name + "}", "{" + name + r":\d{1,19}}")
     return path
 
 
-def setup(app: web.Application) -> None:
-    """Register every REST route (and the Prometheus endpoint) on ``app``."""
-    # Importing the endpoint modules fills OPERATIONS; routes are added in declaration order,
-    # which keeps fixed paths such as /tasks/stats ahead of /tasks/{task_id}.
-    from webgate import (  # noqa: F401
-        openapi,
-        prometheus,
-        rest_logs,
-        rest_metrics,
-        rest_notifications,
-        rest_tasks,
-        rest_workers,
-        visualizations,
-    )
+# -- filters shared by several endpoint modules -----------------------------------------------------------
+TASK_FILTERS: dict[str, Schema] = {
+    "user_id": {**TEXT, "description": "Only this user's tasks (admins; users always see their own)"},
+    "status": {"type": "string", "maxLength": 200, "description": "A status or a comma-separated list"},
+    "task_type": TEXT, "tag": TEXT,
+    "search": {**TEXT, "description": "Substring of id, name, type, step or error"},
+    "since": WHEN, "until": WHEN, "group_id": TEXT, "root_id": TEXT, "parent_id": TEXT,
+}
+_LEVEL_PARAM: Schema = {"type": "string", "maxLength": 16,
+                        "description": "Level name (" + ", ".join(LEVELS) + ") or number"}
+LOG_FILTERS: dict[str, Schema] = {
+    "level": {**_LEVEL_PARAM, "description": "Only this level"},
+    "min_level": {**_LEVEL_PARAM, "description": "This level and above"},
+    "search": {**TEXT, "description": "Full-text search in the message (web search syntax)"},
+    "since": WHEN, "until": WHEN, "limit": LIMIT, "cursor": CURSOR,
+    "order": {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
+}
 
-    for op in OPERATIONS:
-        app.router.add_route(op.method, _route_path(op), _wrap(op), name=op.operation_id)
-    rest_tasks.setup(app)
-    prometheus.setup(app)
+
+def task_filters(call: Call) -> q.TaskFilters:
+    """Validated filters of a task list, limited to what the caller may see."""
+    a = call.query
+    return q.TaskFilters(user_id=scope_user(call, a.get("user_id")), status=a.get("status"),
+                         task_type=a.get("task_type"), tag=a.get("tag"), since=when(a.get("since")),
+                         until=when(a.get("until")), search=a.get("search"), group_id=a.get("group_id"),
+                         root_id=a.get("root_id"), parent_id=a.get("parent_id"))
+
+
+def log_query(call: Call, task_id: str | None, user_id: str | None) -> Any:
+    a = call.query
+    return q.logs(task_id=task_id, user_id=user_id, level=a.get("level"), min_level=a.get("min_level"),
+                  search=a.get("search") or None, since=when(a.get("since")), until=when(a.get("until")),
+                  limit=a["limit"], cursor=a.get("cursor"), newest_first=a.get("order") == "desc")
+
+
+# -- time-bucketed series (charts, metrics, queue depth) ----------------------------------------------------
+#: A chart or series never asks the store for more time buckets than this.
+MAX_BUCKETS = 5000
+
+
+def check_range(a: dict[str, Any], bucket: str) -> None:
+    """Refuse a range that would need more than MAX_BUCKETS buckets."""
+    width = q.parse_bucket(bucket).total_seconds()
+    t0 = q.parse_time(when(a.get("since")), "since")
+    t1 = q.parse_time(when(a.get("until")), "until") or datetime.now(UTC)
+    if t0 is None:
+        raise SchemaError("since is required for this chart")
+    if (t1 - t0).total_seconds() / width > MAX_BUCKETS:
+        raise SchemaError(f"too many buckets: use a wider bucket or a shorter range (at most {MAX_BUCKETS})")
+
+
+def plotly_layout(title: str, **extra: Any) -> dict[str, Any]:
+    """A Plotly layout in the dashboard's style."""
+    return {"title": {"text": title}, "margin": {"l": 50, "r": 20, "t": 50, "b": 40},
+            "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)", **extra}
