@@ -8,7 +8,7 @@ from __future__ import annotations
 async def test_page_and_assets_are_served_by_the_gateway(gateway):
     import aiohttp
 
-    from webgate.dashboard import plotly_js_path
+    from webgate.dashboard.page import plotly_js_path
 
     async with aiohttp.ClientSession(auto_decompress=True) as s:
         async with s.get(gateway.base + "/") as r:

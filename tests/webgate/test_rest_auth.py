@@ -14,7 +14,8 @@ from webgate.api.common import Operation
 from webgate.api.factory import OPERATIONS
 
 OPS = [op for op in OPERATIONS if op.auth]
-_SAMPLE = {"task_id": "some-task", "user_id": "someone", "notification_id": "1", "dashboard_id": "1"}
+_SAMPLE = {"task_id": "some-task", "user_id": "someone", "notification_id": "1", "dashboard_id": "1",
+           "hostname": "some-worker"}
 
 
 def _path(op: Operation) -> str:

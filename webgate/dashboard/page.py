@@ -1,8 +1,9 @@
 """The dashboard page (``GET /``) and its static files, Plotly's bundled ``plotly.min.js`` included.
 
-Everything the page loads is served here (no CDN): the HTML, CSS and JS next to this module,
-the feed's ``/static/tracker-client.js`` (``webgate.feed``) and ``plotly.min.js`` from the
-installed ``plotly`` package, gzip-compressed once in memory for clients that accept it.
+Everything the page loads is served by the gateway (no CDN): the HTML, CSS and JS in ``static/``
+next to this module through aiohttp's static handling, the feed's ``/static/tracker-client.js``
+(``webgate.feed``) and ``plotly.min.js`` from the installed ``plotly`` package, gzip-compressed
+once in memory for clients that accept it.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ import gzip
 import hashlib
 import importlib.util
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-__all__ = ["setup", "plotly_js_path", "DASHBOARD_FILES"]
+__all__ = ["setup", "plotly_js_path", "STATIC", "STATIC_PREFIX"]
 
 STATIC = Path(__file__).parent / "static"
-DASHBOARD_FILES = {
-    "/static/dashboard.js": ("dashboard.js", "application/javascript"),
-    "/static/dashboard.css": ("dashboard.css", "text/css"),
-    "/static/ops.js": ("ops.js", "application/javascript"),
-}
+STATIC_PREFIX = "/static"
+_STATIC_ROUTE = "dashboard_static"
+#: Content types of the page's files, stated rather than guessed (``mimetypes`` differs between
+#: Python versions for .js), with the charset the files are written in.
+_CONTENT_TYPES = {".js": "application/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                  ".html": "text/html; charset=utf-8"}
 # The page talks only to its own origin (REST and WebSocket); Plotly sets inline styles.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
         "connect-src {connect}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
@@ -72,13 +73,17 @@ async def index(request: web.Request) -> web.StreamResponse:
                                                                  "Content-Type": "text/html; charset=utf-8"})
 
 
-def _static(name: str, content_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / name, headers={"Content-Type": f"{content_type}; charset=utf-8",
-                                                         "Cache-Control": "no-cache",
-                                                         "X-Content-Type-Options": "nosniff"})
-
-    return handler
+async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers of the files aiohttp's static handler serves: no sniffing, revalidated on every load
+    (they change with the gateway's version, and carry no version in their URL)."""
+    resource = request.match_info.route.resource
+    if resource is None or resource.name != _STATIC_ROUTE or response.status >= 300:
+        return
+    content_type = _CONTENT_TYPES.get(Path(request.path).suffix)
+    if content_type is not None:
+        response.headers["Content-Type"] = content_type
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Content-Type-Options"] = "nosniff"
 
 
 async def plotly_js(request: web.Request) -> web.StreamResponse:
@@ -106,5 +111,6 @@ def setup(app: web.Application) -> None:
     app[_PLOTLY] = {}
     app.router.add_get("/", index, name="dashboard")
     app.router.add_get("/static/plotly.min.js", plotly_js, name="plotly_js")
-    for path, (name, content_type) in DASHBOARD_FILES.items():
-        app.router.add_get(path, _static(name, content_type))
+    # After the fixed /static/ routes (plotly.min.js, the feed's client), which match first.
+    app.router.add_static(STATIC_PREFIX, STATIC, name=_STATIC_ROUTE)
+    app.on_response_prepare.append(_static_headers)

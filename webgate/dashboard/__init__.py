@@ -1,0 +1,1 @@
+"""The dashboard: the page (``page``) and the files it loads (``static/``)."""
