@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["TrackingContext", "tracking_context", "current_context", "HEADER_KEYS", "from_headers",
-           "to_headers"]
+           "to_headers", "RERUN_HEADER"]
 
 HEADER_KEYS = {
     "user_id": "tracker_user_id",
@@ -18,6 +18,9 @@ HEADER_KEYS = {
     "metadata": "tracker_metadata",
     "task_type": "tracker_task_type",
 }
+
+#: Message header naming the task a re-run repeats (``tracker.rerun``; read by the publish hook).
+RERUN_HEADER = "tracker_rerun_of"
 
 
 @dataclass(frozen=True)

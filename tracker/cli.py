@@ -133,7 +133,7 @@ def token(ctx: click.Context, user_id: str, admin: bool, ttl: int) -> None:
 
 
 # Commands defined in their own modules attach themselves to ``main``.
-from tracker import cli_control, cli_views  # noqa: E402,F401
+from tracker import cli_control, cli_rerun, cli_views  # noqa: E402,F401
 from tracker import demo as _demo  # noqa: E402,F401
 
 

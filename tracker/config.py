@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from tracker.redaction import DEFAULT_REDACT_KEYS
+
 __all__ = ["TrackerConfig", "sqlalchemy_url", "psycopg_url"]
 
 def sqlalchemy_url(url: str) -> str:
@@ -38,6 +40,16 @@ def _coerce(value: Any, default: Any) -> Any:
     if isinstance(default, (list, dict)):
         return json.loads(value)
     return value
+
+
+def _key_list(value: Any) -> list[str]:
+    """``redact_keys`` from a JSON list, a comma-separated string or any iterable of strings."""
+    if isinstance(value, str):
+        text = value.strip()
+        items = json.loads(text) if text.startswith("[") else text.split(",")
+    else:
+        items = list(value)
+    return [str(k).strip() for k in items if str(k).strip()]
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,10 @@ class TrackerConfig:
     #: Exports: a reader making no progress for this many seconds is cut; at most this many at once per user.
     export_write_timeout: float = 30.0
     export_max_concurrent: int = 2
+    #: Task arguments: values under keys containing one of these (case-insensitive) are stored
+    #: as "[redacted]"; ``store_args=False`` stores no arguments at all.
+    redact_keys: list[str] = field(default_factory=lambda: list(DEFAULT_REDACT_KEYS))
+    store_args: bool = True
 
     @classmethod
     def _read(cls, getter: Any) -> TrackerConfig:
@@ -107,6 +123,8 @@ class TrackerConfig:
                 value = json.loads(value)
             elif f.name == "email" and isinstance(value, str) and value.lstrip().startswith("{"):
                 value = json.loads(value)
+            elif f.name == "redact_keys":
+                value = _key_list(value)
             elif f.name != "email":
                 value = _coerce(value, f.default)
             values[f.name] = value

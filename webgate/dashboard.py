@@ -24,6 +24,7 @@ STATIC = Path(__file__).parent / "static"
 DASHBOARD_FILES = {
     "/static/dashboard.js": ("dashboard.js", "application/javascript"),
     "/static/dashboard.css": ("dashboard.css", "text/css"),
+    "/static/task-args.js": ("task-args.js", "application/javascript"),
 }
 # The page talks only to its own origin (REST and WebSocket); Plotly sets inline styles.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
