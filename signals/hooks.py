@@ -330,6 +330,7 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
     delivery = request.delivery_info or {}
     group = request.group
     eta = rt.recorder.median_runtime(task_type) if rt.recorder is not None else None
+    published = getattr(request, PUBLISHED_HEADER, None) or from_headers_value(request, PUBLISHED_HEADER)
     rt.reporter.started(
         task_id,
         user_id=ctx.user_id,
@@ -346,9 +347,9 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
         root_id=request.root_id,
         group_id=str(group) if group else None,
         queue=delivery.get("routing_key") if isinstance(delivery, Mapping) else None,
-        **_argument_fields(rt.config, request.args, request.kwargs),
+        # A tracked producer stored the arguments already (its header says so): redact only once.
+        **(_argument_fields(rt.config, request.args, request.kwargs) if published is None else {}),
     )
-    published = getattr(request, PUBLISHED_HEADER, None) or from_headers_value(request, PUBLISHED_HEADER)
     if isinstance(published, (int, float)):
         rt.reporter.metric("task.queue_wait", max(0.0, active.started_wall - float(published)), unit="seconds",
                            task_id=task_id, task_type=task_type, user_id=ctx.user_id, publish=False)

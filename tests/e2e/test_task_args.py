@@ -15,7 +15,6 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,15 +64,25 @@ def finished(gw: GatewayProcess, task_id: str, status: str = "completed", timeou
     return dict(wait_for(done, timeout=timeout, what=f"{task_id} {status}"))
 
 
-def test_secret_arguments_are_redacted_everywhere(gw, tracked_app, worker, sql, rdb):
-    from signals import tracking_context
+def test_secret_arguments_are_redacted_everywhere(gw, worker, sql, rdb):
+    import signals
+    from tests.apps.tasks import app
 
     user = f"args-{uuid.uuid4().hex[:8]}"
     since = f"{int(time.time() * 1000) - 1}-0"
+    # Published with no tracking in this process: the worker's hooks record the arguments.
+    worker_only = str(uuid.uuid4())
+    app.send_task("tests.accept", kwargs=SECRET_KWARGS, queue=worker.queue, task_id=worker_only)
+    # Published through the producer's hook: it records them (the worker leaves them alone).
     task_id = str(uuid.uuid4())
-    with tracking_context(user_id=user):
-        tracked_app.send_task("tests.accept", args=["x", {"Auth_TOKEN": "s3cret"}], kwargs=SECRET_KWARGS,
-                              queue=worker.queue, task_id=task_id)
+    signals.install(app)
+    try:
+        with signals.tracking_context(user_id=user):
+            app.send_task("tests.accept", args=["x", {"Auth_TOKEN": "s3cret"}], kwargs=SECRET_KWARGS,
+                          queue=worker.queue, task_id=task_id)
+    finally:
+        signals.uninstall(app)
+    assert finished(gw, worker_only)["kwargs"] == REDACTED_KWARGS
     record = finished(gw, task_id)
     assert record["kwargs"] == REDACTED_KWARGS
     assert record["args"] == ["x", {"Auth_TOKEN": "[redacted]"}]
@@ -151,8 +160,8 @@ def test_rerun_of_a_failed_task_runs_with_the_same_arguments(gw, tracked_app, wo
 
     # The CLI does the same through Tracker.rerun (the app from --app).
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "tracker.cli", "--app", "tests.apps.worker", "rerun", task_id, "--json"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "tracker.cli", "--app", "tests.apps.worker", "rerun", task_id,
+                          "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     cli = json.loads(out.stdout)
     assert cli["rerun_of"] == task_id
@@ -229,10 +238,13 @@ def open_detail(browser: Any, gw: GatewayProcess, token: str, task_id: str) -> A
     return page
 
 
-def test_dashboard_shows_arguments_and_reruns(browser, gw, tracked_app, worker, tmp_path):
+def test_dashboard_shows_arguments_and_reruns(browser, gw, worker, tmp_path):
+    from tests.apps.tasks import app
+
+    # No tracking in this process: the worker's hooks record both tasks and their arguments.
     secret_id, failing_id = str(uuid.uuid4()), str(uuid.uuid4())
-    tracked_app.send_task("tests.accept", kwargs=SECRET_KWARGS, queue=worker.queue, task_id=secret_id)
-    tracked_app.send_task("tests.fail_first", args=[str(tmp_path / "m")], queue=worker.queue, task_id=failing_id)
+    app.send_task("tests.accept", kwargs=SECRET_KWARGS, queue=worker.queue, task_id=secret_id)
+    app.send_task("tests.fail_first", args=[str(tmp_path / "m")], queue=worker.queue, task_id=failing_id)
     finished(gw, secret_id)
     finished(gw, failing_id, "failed")
     shots = ROOT / "artifacts"
