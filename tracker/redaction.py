@@ -23,24 +23,32 @@ DEFAULT_REDACT_KEYS: tuple[str, ...] = ("password", "passwd", "secret", "token",
 #: pathological structure must not hang the task that published it).
 _MAX_DEPTH = 32
 _SCALARS = (str, int, float, bool, type(None))
+_MAX_VERDICTS = 4096
 
 
 class Redactor:
     """Replaces values under secret keys, recursing into nested dicts, lists and tuples."""
 
-    __slots__ = ("keys", "_secret_key")
+    __slots__ = ("keys", "_verdicts")
 
     def __init__(self, keys: Iterable[str] = DEFAULT_REDACT_KEYS) -> None:
         self.keys = tuple(k.lower() for k in keys if k)
-        # Most argument dicts repeat the same few key names: remember the verdict per key.
-        self._secret_key = functools.lru_cache(maxsize=4096)(self._match)
+        # Most argument dicts and log contexts repeat the same few key names: remember the
+        # verdict per key (a plain dict lookup; emptied when it grows past _MAX_VERDICTS).
+        self._verdicts: dict[Any, bool] = {}
 
     def _match(self, key: str) -> bool:
         low = key.lower()
         return any(k in low for k in self.keys)
 
     def is_secret(self, key: Any) -> bool:
-        return isinstance(key, str) and bool(self._secret_key(key))
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = isinstance(key, str) and self._match(key)
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
 
     def redact(self, value: Any) -> Any:
         """A copy of ``value`` with secret values replaced; scalars and empty containers are
