@@ -57,9 +57,11 @@ def task(gw: GatewayProcess, task_id: str) -> dict[str, Any]:
 
 
 def finished(gw: GatewayProcess, task_id: str, status: str = "completed", timeout: float = 30) -> dict[str, Any]:
+    """The task once it has ``status`` and its arguments: a tracked producer's pending row (which
+    carries them) and the worker's states come from two processes, committed in any order."""
     def done() -> dict[str, Any] | None:
         code, body = rest(gw, "GET", f"/tasks/{task_id}")
-        return body if code == 200 and body["status"] == status else None
+        return body if code == 200 and body["status"] == status and body["args"] is not None else None
 
     return dict(wait_for(done, timeout=timeout, what=f"{task_id} {status}"))
 
