@@ -174,7 +174,9 @@ def announce(self: TrackedTask, title: str) -> int:
 @app.task(name="tests.accept")
 def accept(*args: object, **kwargs: object) -> int:
     """Takes any arguments (redaction tests); logs a secret under a secret key in ``extra``."""
-    stdlib_logger.info("accepted %d args", len(args) + len(kwargs), extra={"db_password": kwargs.get("password")})
+    secret = kwargs.get("password")
+    stdlib_logger.info("accepted %d args", len(args) + len(kwargs),
+                       extra={"db_password": secret, "request": {"headers": {"Authorization": secret}}})
     return len(args) + len(kwargs)
 
 

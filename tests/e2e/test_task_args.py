@@ -105,6 +105,7 @@ def test_secret_arguments_are_redacted_everywhere(gw, worker, sql, rdb):
     status, logs = rest(gw, "GET", f"/tasks/{task_id}/logs")
     accepted = [ln for ln in logs["items"] if ln["message"].startswith("accepted")]
     assert accepted and accepted[0]["context"]["db_password"] == "[redacted]"
+    assert accepted[0]["context"]["request"] == repr({"headers": {"Authorization": "[redacted]"}})
 
     # No table holds the secret: every text, JSON, array and tsvector column of every tracker table.
     columns = sql.execute(
