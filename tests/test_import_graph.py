@@ -35,7 +35,8 @@ FORBIDDEN_FOR_DATA = (*ABOVE_DATA, "signals", "webgate", "examples")
 #: module cycle is allowed only among these.
 KNOWN_REST_CYCLE = frozenset({
     "webgate.rest", "webgate.rest_tasks", "webgate.rest_logs", "webgate.rest_metrics",
-    "webgate.rest_notifications", "webgate.visualizations", "webgate.openapi", "webgate.rest_workers",
+    "webgate.rest_notifications", "webgate.visualizations", "webgate.openapi",
+    "webgate.rest_workers", "webgate.rest_rerun",
 })
 
 

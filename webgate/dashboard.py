@@ -25,6 +25,7 @@ DASHBOARD_FILES = {
     "/static/dashboard.js": ("dashboard.js", "application/javascript"),
     "/static/dashboard.css": ("dashboard.css", "text/css"),
     "/static/ops.js": ("ops.js", "application/javascript"),
+    "/static/task-args.js": ("task-args.js", "application/javascript"),
 }
 # The page talks only to its own origin (REST and WebSocket); Plotly sets inline styles.
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "

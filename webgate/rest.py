@@ -330,6 +330,7 @@ def setup(app: web.Application) -> None:
         rest_logs,
         rest_metrics,
         rest_notifications,
+        rest_rerun,
         rest_tasks,
         rest_workers,
         visualizations,

@@ -464,6 +464,8 @@
     if (t.result != null) fields.push(["Result", JSON.stringify(t.result)]);
     $("detail-fields").replaceChildren(...fields.filter(([, v]) => v != null && v !== "" && v !== "-").flatMap(([k, v]) =>
       [el("dt", {text: k}), el("dd", {}, typeof v === "object" ? v : String(v))]));
+    // Arguments and the Re-run button live in task-args.js.
+    if (window.trackerTaskArgs) window.trackerTaskArgs.render($("detail-args"), t, {api, toast, select, admin: !!(state.user && state.user.admin)});
     const err = $("detail-error");
     const msg = [t.error_type, t.error_message].filter(Boolean).join(": ");
     err.hidden = !msg && !t.traceback;
