@@ -6,7 +6,7 @@
  *     onSnapshot(frame) {},  // {type:"snapshot", topic, tasks:[TaskRecord.to_dict(), ...]}
  *     onRecovered(frame){},  // {type:"recovered", topic, complete}  (complete:false -> a snapshot follows)
  *     onError(frame)    {},  // {type:"error", code, message, topic?, op?, task_id?}; the socket stays open
- *     onAck(frame)      {},  // {type:"ack", op, task_id} (pause / resume / cancel); {type:"ack", op:"auth", user_id, exp}
+ *     onAck(frame)      {},  // {type:"ack", op, task_id}             (pause / resume / cancel)
  *     onMessage(frame)  {},  // every frame, after the handlers above
  *     onStatus(status, info) {},  // "connecting" | "open" | "reconnecting" | "closed"; info = {code, reason, delay}
  *     onAuthFailed(info) {},  // the server refused or expired the token (close 4001 / 4003); info = {code, reason}
@@ -17,6 +17,7 @@
  *   client.send({op: "ping"});        // any op object
  *   client.close();                   // no reconnect after this
  *   client.lastEventId                // id of the newest event seen (the resume point)
+ *   client.tokenExp                   // exp (epoch seconds) of the token the open socket runs on
  *
  * `url` may be absolute (ws:// or wss://), relative to the page, or omitted (this page's
  * /api/v1/progress/ws). `token` is a string or a token provider: a function returning a string or
@@ -128,6 +129,8 @@
       if (op === null || typeof op !== "object") throw new TypeError("op must be an object");
       return this._sendRaw(op);
     }
+
+    get tokenExp() { return this._exp; }
 
     close() {
       this._closed = true;
@@ -327,8 +330,8 @@
           this._call("onError", frame);
           break;
         case "ack":
-          if (frame.op === "auth") this._onAuthed(ws, frame);
-          this._call("onAck", frame);
+          if (frame.op === "auth") this._onAuthed(ws, frame);  // the client's own business (onMessage sees it)
+          else this._call("onAck", frame);
           break;
         default:
           break;
