@@ -450,10 +450,11 @@ async def _feed_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     settings = app[FEED_SETTINGS]
     hub = app[HUB] = Hub(settings)
-    app[REPLAY_BOUND] = ReplayBound(settings.max_replay)
+    app[REPLAY_BOUND] = ReplayBound(settings.max_replay, hub)
     reader = app[STREAM_READER] = StreamReader(config.require_redis(), config.prefix + ":events", hub,
                                                block_ms=settings.block_ms, count=settings.read_count)
     await reader.start()
+    hub.origin = hub.last_id  # where reading began: the replay bound counts routed events from here
     tasks = [asyncio.create_task(reader.run(), name="feed-reader"),
              asyncio.create_task(hub.run_backlog(), name="feed-backlog")]
     yield

@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -163,6 +163,14 @@ class Hub:
         self.group_of: dict[str, str] = {}
         self.group_members: dict[str, set[str]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: Replay bound bookkeeping: ``(stream id, ordinal)`` of every ``mark_every``-th event routed (ordinal =
+        #: events routed so far), enough of them to look ``max_replay`` entries back; ``origin`` is the stream's
+        #: tail when reading began (ordinal 0). See :mod:`webgate.replay_bound`.
+        bound = self.settings.max_replay
+        self.mark_every = max(1, bound // 100)
+        self.marks: deque[tuple[str, int]] = deque(maxlen=bound // self.mark_every + 8 if bound > 0 else 1)
+        self._next_mark = self.mark_every if bound > 0 else -1
+        self.origin: str | None = None
         #: Open sockets per user, claimed before the upgrade and released when the handler ends.
         self.per_user: dict[str, int] = {}
         #: Sockets opened without a token, waiting for their first-frame ``auth`` (closed on shutdown).
@@ -339,6 +347,10 @@ class Hub:
         for ev in events:
             self.events += 1
             self._learn(ev)
+            if self.events == self._next_mark:
+                self._next_mark += self.mark_every
+                if ev.id:
+                    self.marks.append((ev.id, self.events))
             if not topics:
                 continue
             self._seq += 1

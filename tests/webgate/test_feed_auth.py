@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.conftest import SECRET
 from tests.webgate.conftest import recv, recv_until, token_for, ws_connect
 from webgate.auth import make_token
+from webgate.feed import REPLAY_BOUND
 from webgate.hub import FeedSettings, id_key
 
 
@@ -219,14 +220,11 @@ async def test_socket_51_of_one_user_is_refused_with_429(feed_gateway):
 
 
 async def test_resume_further_back_than_the_replay_bound_gets_a_snapshot(feed_gateway, publisher, tracker):
-    gw = await feed_gateway(settings=FeedSettings(max_replay=50))
     me = uid()
     tracker.create_task("t-" + me, user_id=me)
     tracker.flush()
-    ids = [publisher.progress("t-" + me, me, float(i % 100)) for i in range(120)]
-    while gw.hub.last_id is None or id_key(gw.hub.last_id) < id_key(ids[-1]):
-        await asyncio.sleep(0.02)
-    async with ws_connect(gw.url(me)) as ws:
+
+    async def check(ws: ClientConnection, ids: list[str]) -> None:
         await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}", "since": "0"}))
         got = await recv_until(ws, lambda f: f["type"] == "recovered")
         assert got == [{"type": "recovered", "topic": f"user:{me}", "complete": False}]  # nothing replayed
@@ -241,3 +239,17 @@ async def test_resume_further_back_than_the_replay_bound_gets_a_snapshot(feed_ga
         got = await recv_until(ws, lambda f: f["type"] == "recovered")
         assert got == [{"type": "recovered", "topic": f"user:{me}", "complete": False}]
         assert (await recv(ws))["type"] == "snapshot"
+
+    # Entries from before the gateway started: bounded through Redis (one lookup).
+    before = [publisher.progress("t-" + me, me, float(i % 100)) for i in range(120)]
+    gw = await feed_gateway(settings=FeedSettings(max_replay=50))
+    async with ws_connect(gw.url(me)) as ws:
+        await check(ws, before)
+    # Entries the gateway routed itself: bounded from its own marks, no Redis call.
+    scans = gw.app[REPLAY_BOUND].scans
+    ids = [publisher.progress("t-" + me, me, float(i % 100)) for i in range(120)]
+    while gw.hub.last_id is None or id_key(gw.hub.last_id) < id_key(ids[-1]):
+        await asyncio.sleep(0.02)
+    async with ws_connect(gw.url(me)) as ws:
+        await check(ws, before + ids)
+    assert gw.app[REPLAY_BOUND].scans == scans == 1
