@@ -93,10 +93,6 @@ async def test_js_client_authenticates_in_the_first_frame_and_refreshes_before_e
     me = f"jsauth-{uuid.uuid4().hex[:8]}"
     task = tracker.create_task("t-" + me, user_id=me, status="running")
     tracker.flush()
-    first = make_token(SECRET, me, ttl=3)
-    second = make_token(SECRET, me, ttl=60)
-    exp1 = jwt.decode(first, options={"verify_signature": False})["exp"]
-    exp2 = jwt.decode(second, options={"verify_signature": False})["exp"]
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         try:
@@ -110,13 +106,18 @@ async def test_js_client_authenticates_in_the_first_frame_and_refreshes_before_e
 
             page.on("websocket", on_socket)
             await page.set_content(PAGE.format(base=gw.base))
+            # Minted now (a browser start on a busy machine can take seconds): a 4-second token, and its successor.
+            first = make_token(SECRET, me, ttl=4)
+            second = make_token(SECRET, me, ttl=60)
+            exp1 = jwt.decode(first, options={"verify_signature": False})["exp"]
+            exp2 = jwt.decode(second, options={"verify_signature": False})["exp"]
             # The app's token provider: the test swaps the token the app holds, as a sign-in refresh would.
             await page.evaluate("""([url, token, topic]) => {
                 window.appToken = token; window.asked = 0;
                 start(url, () => { window.asked += 1; return window.appToken; }, topic);
             }""", [gw.ws_url, first, f"user:{me}"])
             await page.wait_for_function("log.snapshots.length === 1", timeout=10_000)
-            assert await page.evaluate("client.tokenExp") == exp1
+            assert await page.evaluate("client.tokenExp") == exp1, await page.evaluate("log")
             await page.evaluate("(t) => { window.appToken = t; }", second)
             # Refreshed on the open socket before the first token ran out...
             await page.wait_for_function(f"client.tokenExp === {exp2}", timeout=10_000)
