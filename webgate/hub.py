@@ -10,6 +10,11 @@ A client that does not keep up (its transport buffer is above ``high_water``) ge
 held in a small ordered dict where progress is coalesced to the latest per task; a sweeper
 writes them once the buffer drains below ``low_water``. Past ``max_queue`` held frames the
 socket is closed with 1013 (try again later) and the client resumes with ``since``.
+
+The hub also keeps the feed's limits: one timer per connection closes it with 4001 when its
+token expires (moved by a refresh), a token bucket per connection bounds subscribes, a count
+per user bounds open sockets, and marks of the routed stream ids let the replay bound be
+decided without reading the stream (:mod:`webgate.replay_bound`).
 """
 
 from __future__ import annotations
