@@ -13,7 +13,16 @@ from typing import Any
 
 from tracker.events import dumps
 
-__all__ = ["text_frame", "encode", "error", "pong", "snapshot", "recovered", "ack"]
+__all__ = ["text_frame", "encode", "error", "pong", "snapshot", "recovered", "ack", "CLOSE_TOKEN_EXPIRED",
+           "CLOSE_FORBIDDEN", "CLOSE_TOO_MANY_CONNECTIONS"]
+
+#: Close codes of the feed (4000-4999 are the application's, RFC 6455 7.4.2). 4001: the token expired,
+#: or a socket opened without one did not authenticate in time or sent a bad one: get a token and reconnect.
+CLOSE_TOKEN_EXPIRED = 4001
+#: A refresh (``op: auth``) carried another user's token.
+CLOSE_FORBIDDEN = 4003
+#: First-frame auth of a user who already has the maximum of open sockets (an upgrade with a token gets 429).
+CLOSE_TOO_MANY_CONNECTIONS = 4029
 
 _LEN1 = struct.Struct("!BB").pack
 _LEN2 = struct.Struct("!BBH").pack

@@ -143,9 +143,17 @@
     $("login").hidden = true;
     $("app").hidden = false;
     $("whoami").textContent = who.id + (who.admin ? " (admin)" : "");
+    // The client authenticates with its first frame (no token in the URL) and asks this provider
+    // again before the token's exp; a pasted token is not renewed, so at exp the feed closes (4001).
     state.client = new TrackerClient(null, () => state.token, {
       onStatus: onStatus, onEvent: onEvent, onSnapshot: onSnapshot,
       onError: (f) => { if (f.code !== "not_found") toast(f.message || f.code, true); },
+      onAuthFailed: () => {
+        const who = decodeToken(state.token || "");
+        if (!who || (typeof who.exp === "number" && who.exp * 1000 <= Date.now())) {
+          signOut("Your session has expired: sign in again.");
+        }
+      },
     });
     state.client.subscribe(who.admin ? "all" : "user:" + who.id);
     loadNotifications();
