@@ -146,6 +146,14 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013
     #: The JS client closes an idle connection itself (and reconnects).
     CLIENT_IDLE = 4000
+    #: The token expired, or a socket opened without one did not authenticate in time or sent a bad
+    #: one: get a token and reconnect.
+    TOKEN_EXPIRED = 4001
+    #: A refresh (``op: auth``) carried another user's token (or another admin flag).
+    FORBIDDEN = 4003
+    #: First-frame auth of a user who already has the maximum of open sockets (an upgrade with a
+    #: token gets 429 instead).
+    TOO_MANY_CONNECTIONS = 4029
 
 
 # -- message headers -------------------------------------------------------------------------------
