@@ -328,7 +328,8 @@ class _Server:
     def __init__(self, kind: str, env: dict[str, str], logdir: Path) -> None:
         self.port = _free_port()
         self.log = logdir / f"{kind}-{self.port}.log"
-        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+        # The benchmark holds thousands of sockets of one user: lift the per-user socket limit (default 50).
+        full_env = {**os.environ, "TRACKER_FEED_MAX_CONNECTIONS_PER_USER": "0", **env, "PYTHONPATH": str(ROOT)}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "bench.feed", kind, str(self.port)], env=full_env,
                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -9,15 +9,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrackingContext", "tracking_context", "current_context", "HEADER_KEYS", "from_headers",
-           "to_headers"]
+from tracker.vocabulary import HEADER_KEYS, RERUN_HEADER, context_headers
 
-HEADER_KEYS = {
-    "user_id": "tracker_user_id",
-    "tags": "tracker_tags",
-    "metadata": "tracker_metadata",
-    "task_type": "tracker_task_type",
-}
+__all__ = ["TrackingContext", "tracking_context", "current_context", "HEADER_KEYS", "from_headers",
+           "to_headers", "RERUN_HEADER"]
 
 
 @dataclass(frozen=True)
@@ -80,16 +75,7 @@ def tracking_context(
 
 
 def to_headers(ctx: TrackingContext) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if ctx.user_id is not None:
-        out[HEADER_KEYS["user_id"]] = ctx.user_id
-    if ctx.tags:
-        out[HEADER_KEYS["tags"]] = list(ctx.tags)
-    if ctx.metadata:
-        out[HEADER_KEYS["metadata"]] = dict(ctx.metadata)
-    if ctx.task_type is not None:
-        out[HEADER_KEYS["task_type"]] = ctx.task_type
-    return out
+    return context_headers(ctx.user_id, ctx.tags, ctx.metadata, ctx.task_type)
 
 
 def _lookup(source: Any, key: str) -> Any:

@@ -21,11 +21,12 @@ from typing import Any, TypeVar
 from celery import signals as cs
 
 from signals import logcapture, workers
-from signals.context import TrackingContext, current_context, from_headers, to_headers
+from signals.context import RERUN_HEADER, TrackingContext, current_context, from_headers, to_headers
 from signals.runtime import ActiveTask, Runtime, close_runtime, runtime_for, shutdown_all
 from signals.runtime import runtime_key as _runtime_key
 from tracker.config import TrackerConfig
 from tracker.events import RawJSON, dumps
+from tracker.redaction import redactor_for
 
 __all__ = ["install", "uninstall", "is_installed", "config_for", "runtime_for_app", "TaskCancelled"]
 
@@ -125,6 +126,29 @@ def _jsonable_result(value: Any) -> Any:
     return RawJSON(text)
 
 
+#: A task without arguments (most of them) stores these constants: no redaction, no encoding.
+_NO_ARGUMENTS: dict[str, Any] = {"args": RawJSON("[]"), "kwargs": RawJSON("{}")}
+
+
+def _body_arguments(body: Any) -> tuple[Any, Any]:
+    """(args, kwargs) of a task message body: protocol 2 ``(args, kwargs, embed)`` or protocol 1."""
+    if isinstance(body, (tuple, list)) and len(body) >= 2:
+        return body[0], body[1]
+    if isinstance(body, Mapping):
+        return body.get("args"), body.get("kwargs")
+    return None, None
+
+
+def _argument_fields(config: TrackerConfig, args: Any, kwargs: Any) -> dict[str, Any]:
+    """A task's arguments as stored: redacted here, where they enter, and bounded like results."""
+    if not config.store_args:
+        return {}
+    if not args and not kwargs:
+        return _NO_ARGUMENTS
+    plain_args, plain_kwargs = redactor_for(config).arguments(args, kwargs)
+    return {"args": _jsonable_result(plain_args), "kwargs": _jsonable_result(plain_kwargs)}
+
+
 def _error_fields(exc: BaseException | None, einfo: Any = None, trace: Any = None) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if exc is not None:
@@ -194,8 +218,9 @@ def on_before_task_publish(sender: Any = None, body: Any = None, exchange: Any =
         parent_id=headers.get("parent_id"),
         root_id=headers.get("root_id"),
         group_id=str(group) if group else None,
-        args=(str(headers.get("argsrepr") or "") + " " + str(headers.get("kwargsrepr") or "")).strip()[:2000] or None,
+        rerun_of=headers.get(RERUN_HEADER),
         ts=now,
+        **_argument_fields(rt.config, *_body_arguments(body)),
     )
 
 
@@ -306,6 +331,7 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
     delivery = request.delivery_info or {}
     group = request.group
     eta = rt.recorder.median_runtime(task_type) if rt.recorder is not None else None
+    published = getattr(request, PUBLISHED_HEADER, None) or from_headers_value(request, PUBLISHED_HEADER)
     rt.reporter.started(
         task_id,
         user_id=ctx.user_id,
@@ -322,8 +348,9 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
         root_id=request.root_id,
         group_id=str(group) if group else None,
         queue=delivery.get("routing_key") if isinstance(delivery, Mapping) else None,
+        # A tracked producer stored the arguments already (its header says so): redact only once.
+        **(_argument_fields(rt.config, request.args, request.kwargs) if published is None else {}),
     )
-    published = getattr(request, PUBLISHED_HEADER, None) or from_headers_value(request, PUBLISHED_HEADER)
     if isinstance(published, (int, float)):
         rt.reporter.metric("task.queue_wait", max(0.0, active.started_wall - float(published)), unit="seconds",
                            task_id=task_id, task_type=task_type, user_id=ctx.user_id, publish=False)

@@ -41,7 +41,10 @@ class TaskLogHandler(logging.Handler):
                                        "func": record.funcName}
             for key, value in record.__dict__.items():
                 if key not in _STD_ATTRS and not key.startswith("_") and key not in ("data", "task_name", "task_id"):
-                    context[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+                    # A nested value is stored as its repr: redact inside it first (the Reporter
+                    # redacts the context's own keys, but no longer sees into a repr string).
+                    context[key] = value if isinstance(value, (str, int, float, bool, type(None))) \
+                        else repr(active.runtime.reporter.redactor.redact(value))
             active.runtime.reporter.log(active.task_id, record.levelno, message, user_id=active.user_id,
                                         source=name, context=context, traceback=trace, ts=record.created)
         except Exception:

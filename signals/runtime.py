@@ -18,6 +18,7 @@ from signals import workers
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig
 from tracker.recorder import Recorder
+from tracker.redaction import redactor_for
 from tracker.reporter import Reporter
 
 __all__ = ["Runtime", "ActiveTask", "runtime_for", "reset", "shutdown_all", "close_runtime", "runtime_key"]
@@ -66,7 +67,7 @@ class Runtime:
             self.bus = EventBus(config.redis_url, prefix=config.prefix, maxlen=config.stream_maxlen,
                                 progress_interval=config.progress_interval,
                                 control_interval=config.control_interval, buffer_max=config.buffer_max)
-        self.reporter = Reporter(self.recorder, self.bus)
+        self.reporter = Reporter(self.recorder, self.bus, redactor_for(config))
         self.active: dict[str, ActiveTask] = {}
         self._next_heartbeat = 0.0
         self._proc: Any = None

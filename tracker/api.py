@@ -35,6 +35,7 @@ from tracker.records import (
     WorkerRecord,
     to_jsonable,
 )
+from tracker.redaction import redactor_for
 from tracker.reporter import Reporter
 from tracker.status import Status, check_progress, check_status
 
@@ -117,7 +118,7 @@ class Tracker:
                                 buffer_max=cfg.buffer_max)
             bus = EventBus(cfg.redis_url, prefix=cfg.prefix, maxlen=cfg.stream_maxlen,
                            progress_interval=cfg.progress_interval) if cfg.redis_url else None
-            self._reporter = Reporter(recorder, bus)
+            self._reporter = Reporter(recorder, bus, redactor_for(cfg))
         return self._reporter
 
     def close(self) -> None:
@@ -310,6 +311,22 @@ class Tracker:
         if terminate and self.app is None:
             raise ValueError("terminate=True needs the Celery app: use Tracker.from_celery(app)")
         return self._apply(task_id, "cancel", terminate)
+
+    def rerun(self, task_id: str) -> str:
+        """Publish ``task_id``'s task again with its stored arguments, on its original queue and
+        for its original user; returns the new task's id (its record has ``rerun_of``).
+
+        Needs the Celery app (``Tracker.from_celery(app)``). Raises KeyError for an unknown id and
+        :class:`tracker.rerun.NotRerunnable` when the arguments were redacted or not stored, or the
+        app does not know the task's name.
+        """
+        from tracker.rerun import publish_rerun
+
+        if self.app is None:
+            raise ValueError("rerun() needs the Celery app: use Tracker.from_celery(app)")
+        new_id = publish_rerun(self.app, self._require(task_id), self.reporter)
+        self.reporter.flush(5)
+        return new_id
 
     def group_progress(self, group_id: str, size: int | None = None) -> GroupProgress:
         """Combined progress of a group, chord header or chain (pass the chain's first task id).

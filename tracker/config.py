@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tracker import vocabulary
+from tracker.redaction import DEFAULT_REDACT_KEYS
 
 __all__ = ["TrackerConfig", "sqlalchemy_url", "psycopg_url"]
 
@@ -40,6 +41,16 @@ def _coerce(value: Any, default: Any) -> Any:
     if isinstance(default, (list, dict)):
         return json.loads(value)
     return value
+
+
+def _key_list(value: Any) -> list[str]:
+    """``redact_keys`` from a JSON list, a comma-separated string or any iterable of strings."""
+    if isinstance(value, str):
+        text = value.strip()
+        items = json.loads(text) if text.startswith("[") else text.split(",")
+    else:
+        items = list(value)
+    return [str(k).strip() for k in items if str(k).strip()]
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,10 @@ class TrackerConfig:
     #: Aggregate alerts: a ``tracker.queue.depth`` sample older than this many seconds is not used
     #: (a stopped sampler leaves a queue's episode as it is instead of deciding on stale data).
     alert_sample_max_age: float = 60.0
+    #: Task arguments: values under keys containing one of these (case-insensitive) are stored
+    #: as "[redacted]"; ``store_args=False`` stores no arguments at all.
+    redact_keys: list[str] = field(default_factory=lambda: list(DEFAULT_REDACT_KEYS))
+    store_args: bool = True
 
     @classmethod
     def _read(cls, getter: Any) -> TrackerConfig:
@@ -116,6 +131,8 @@ class TrackerConfig:
                 value = json.loads(value)
             elif f.name == "email" and isinstance(value, str) and value.lstrip().startswith("{"):
                 value = json.loads(value)
+            elif f.name == "redact_keys":
+                value = _key_list(value)
             elif f.name != "email":
                 value = _coerce(value, f.default)
             values[f.name] = value

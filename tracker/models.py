@@ -68,7 +68,10 @@ class Task(Base):
     parent_id: Mapped[str | None] = mapped_column(Text)
     root_id: Mapped[str | None] = mapped_column(Text)
     group_id: Mapped[str | None] = mapped_column(Text)
-    args: Mapped[str | None] = mapped_column(Text)
+    #: Redacted, bounded arguments (migration 0005); a re-run names the task it repeats.
+    args: Mapped[Any | None] = mapped_column(JSONB)
+    kwargs: Mapped[Any | None] = mapped_column(JSONB)
+    rerun_of: Mapped[str | None] = mapped_column(Text)
     result: Mapped[Any | None] = mapped_column(JSONB)
     error_type: Mapped[str | None] = mapped_column(Text)
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -106,6 +109,7 @@ class Task(Base):
         # Retention purges finished tasks by age (migration 0002).
         Index("ix_tracker_tasks_purge", "finished_at",
               postgresql_where=text(f"status IN {status_sql_list(TERMINAL)}")),
+        Index("ix_tracker_tasks_rerun_of", "rerun_of", postgresql_where=text("rerun_of IS NOT NULL")),
     )
 
 

@@ -178,7 +178,7 @@ def _where_eq(q: Stmt, column: Any, name: str, value: Any) -> Stmt:
 
 # -- tasks -----------------------------------------------------------------------------------------
 def task_columns() -> list[Any]:
-    cols = [c for c in Task.__table__.c if c.name not in ("status_ts", "worker_pid", "args", "progress_at")]
+    cols = [c for c in Task.__table__.c if c.name not in ("status_ts", "worker_pid", "progress_at")]
     return cols
 
 

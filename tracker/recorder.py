@@ -36,7 +36,7 @@ TASK_FIELDS = (
     "total_steps", "eta_seconds", "queue", "worker", "worker_pid", "retries", "parent_id", "root_id",
     "group_id", "args", "result", "error_type", "error_message", "traceback", "metadata", "tags",
     "published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at",
-    "heartbeat_at", "stalled_at",
+    "heartbeat_at", "stalled_at", "kwargs", "rerun_of",
 )
 _TS_FIELDS = frozenset(
     {"published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at", "heartbeat_at",
@@ -46,7 +46,7 @@ _TS_FIELDS = frozenset(
 
 _INT_FIELDS = frozenset({"step_index", "total_steps", "worker_pid", "retries"})
 _FLOAT_FIELDS = frozenset({"status_ts", "progress", "eta_seconds"}) | _TS_FIELDS
-_JSON_TEXT_FIELDS = frozenset({"result", "metadata", "tags"})
+_JSON_TEXT_FIELDS = frozenset({"result", "metadata", "tags", "args", "kwargs"})
 
 
 def _sql_type(field: str) -> str:
@@ -76,8 +76,8 @@ def _update_sql() -> str:
         elif f == "tags":
             sets.append("tags = CASE WHEN u.tags IS NOT NULL AND u.tags <> '[]' "
                         "THEN ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) ELSE t.tags END")
-        elif f == "result":
-            sets.append("result = COALESCE(u.result::jsonb, t.result)")
+        elif f in ("result", "args", "kwargs"):
+            sets.append(f"{f} = COALESCE(u.{f}::jsonb, t.{f})")
         elif f in ("error_type", "error_message", "traceback"):
             # A run that completes (after a retry) clears the error of the attempt before it.
             sets.append(f"{f} = CASE WHEN u.status = 'completed' AND {newer} THEN u.{f} "

@@ -64,6 +64,11 @@ class TaskRecord(_Record):
     finished_at: datetime | None = None
     heartbeat_at: datetime | None = None
     stalled_at: datetime | None = None
+    #: Positional and keyword arguments as stored (redacted, bounded); None when not stored.
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    #: The task this one re-ran (``Tracker.rerun``, ``POST /tasks/{id}/rerun``).
+    rerun_of: str | None = None
 
     @property
     def duration(self) -> float | None:

@@ -14,6 +14,7 @@ from typing import Any
 from tracker.bus import EventBus
 from tracker.events import STATUS_EVENTS
 from tracker.recorder import Recorder
+from tracker.redaction import Redactor, redactor_for
 from tracker.status import TERMINAL, Status
 
 __all__ = ["Reporter"]
@@ -24,12 +25,14 @@ _LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITIC
 class Reporter:
     """Writes through a :class:`Recorder` and publishes through an :class:`EventBus`.
 
-    Either may be ``None`` (tracking without a store, or without a live feed).
+    Either may be ``None`` (tracking without a store, or without a live feed). ``redactor``
+    (default: the default redact keys) cleans log context before it is stored or published.
     """
 
-    def __init__(self, recorder: Recorder | None, bus: EventBus | None) -> None:
+    def __init__(self, recorder: Recorder | None, bus: EventBus | None, redactor: Redactor | None = None) -> None:
         self.recorder = recorder
         self.bus = bus
+        self.redactor = redactor or redactor_for(None)
 
     def _publish(self, type: str, task_id: str | None, user_id: str | None, data: dict[str, Any],
                  ts: float) -> None:
@@ -112,6 +115,8 @@ class Reporter:
             attachments: list[Any] | None = None, ts: float | None = None, level: str | None = None) -> None:
         ts = time.time() if ts is None else ts
         level = level or _LEVEL_NAMES.get(levelno) or logging.getLevelName(levelno)
+        if context:
+            context = self.redactor.redact(context)  # a secret in `extra=` or `context=` is never stored
         if self.recorder is not None:
             self.recorder.log(task_id, ts, levelno, level, message, source, user_id, context, traceback,
                               attachments)

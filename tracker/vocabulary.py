@@ -19,6 +19,7 @@ __all__ = [
     "CONTROL_TTL", "stream_key", "control_key", "control_index_key", "notifier_group",
     "notify_due_key", "notify_digests_key", "notify_burst_key",
     "CloseCode", "as_json",
+    "HEADER_KEYS", "RERUN_HEADER", "context_headers",
 ]
 
 
@@ -145,6 +146,42 @@ class CloseCode(IntEnum):
     TRY_AGAIN_LATER = 1013
     #: The JS client closes an idle connection itself (and reconnects).
     CLIENT_IDLE = 4000
+    #: The token expired, or a socket opened without one did not authenticate in time or sent a bad
+    #: one: get a token and reconnect.
+    TOKEN_EXPIRED = 4001
+    #: A refresh (``op: auth``) carried another user's token (or another admin flag).
+    FORBIDDEN = 4003
+    #: First-frame auth of a user who already has the maximum of open sockets (an upgrade with a
+    #: token gets 429 instead).
+    TOO_MANY_CONNECTIONS = 4029
+
+
+# -- message headers -------------------------------------------------------------------------------
+#: Celery message headers that carry a task's tracking context from the producer to the worker.
+HEADER_KEYS = {
+    "user_id": "tracker_user_id",
+    "tags": "tracker_tags",
+    "metadata": "tracker_metadata",
+    "task_type": "tracker_task_type",
+}
+
+#: Message header naming the task a re-run repeats (``tracker.rerun``; read by the publish hook).
+RERUN_HEADER = "tracker_rerun_of"
+
+
+def context_headers(user_id: str | None = None, tags: Any = (), metadata: Any = None,
+                    task_type: str | None = None) -> dict[str, Any]:
+    """The headers of a tracking context; the fields left empty are left out."""
+    out: dict[str, Any] = {}
+    if user_id is not None:
+        out[HEADER_KEYS["user_id"]] = user_id
+    if tags:
+        out[HEADER_KEYS["tags"]] = list(tags)
+    if metadata:
+        out[HEADER_KEYS["metadata"]] = dict(metadata)
+    if task_type is not None:
+        out[HEADER_KEYS["task_type"]] = task_type
+    return out
 
 
 def as_json() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.recorder import Recorder
+from tracker.redaction import redactor_for
 from tracker.reporter import Reporter
 from webgate import feed
 from webgate.api import factory as api
@@ -47,7 +48,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                         buffer_max=config.buffer_max, name="webgate-recorder")
     bus = EventBus(config.require_redis(), prefix=config.prefix, maxlen=config.stream_maxlen,
                    progress_interval=config.progress_interval, buffer_max=config.buffer_max, name="webgate-bus")
-    app[REPORTER] = Reporter(recorder, bus)
+    app[REPORTER] = Reporter(recorder, bus, redactor_for(config))
     yield
     app[REPORTER].close(timeout=5)
     await app[REDIS].aclose()

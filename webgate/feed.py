@@ -2,6 +2,7 @@
 
 Client to server (JSON text frames)::
 
+    {"op": "auth", "token": "<jwt>"}                                 -> {"type": "ack", "op": "auth", "user_id", "exp"}
     {"op": "subscribe", "topic": "task:<id>" | "user:<id>" | "group:<id>" | "all", "since": "<event id>"?}
     {"op": "unsubscribe", "topic": ...}
     {"op": "ping"}
@@ -11,6 +12,20 @@ Server to client: ``snapshot`` after a subscribe without ``since``; ``event`` fr
 (:meth:`tracker.events.Event.to_frame`); ``recovered`` after a subscribe with ``since`` (replayed
 events come first; with ``complete: false`` a ``snapshot`` follows); ``error`` with ``code`` and
 ``message`` for refused or malformed messages (the connection stays open); ``pong``.
+
+Authentication: the upgrade carries the token (``?token=`` or ``Authorization: Bearer``; a bad
+one gets HTTP 401), or none: then the first frame must be ``op: auth`` within ``auth_timeout``
+(5 s). Before it nothing else is served (``error`` code ``unauthorized``); a bad token there, or
+silence, closes the socket with 4001. An open socket is closed with 4001 ("token expired") when
+its token reaches ``exp``; ``op: auth`` with a new token of the same user (and admin flag) moves
+that point, a token of anyone else gets an ``error`` and close 4003, a bad one an ``error`` (the
+old token stays in force).
+
+Limits (:class:`webgate.hub.FeedSettings`, env ``TRACKER_FEED_*``): ``subscribe_rate`` subscribes
+per second per connection (beyond: ``error`` code ``rate_limited``), ``max_connections_per_user``
+open sockets per user in this process (beyond: HTTP 429 at the upgrade, close 4029 after a
+first-frame auth), and ``max_replay``: a resume from further back answers ``recovered`` with
+``complete: false`` and a snapshot instead of replaying.
 
 Authorisation: a user may subscribe to ``user:<own id>``, to tasks it owns and to groups
 holding its tasks (it then only sees its own tasks' events there); ``all``, other users'
@@ -23,6 +38,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,13 +51,15 @@ from tracker import control, queries
 from tracker.api import task_record
 from tracker.status import TERMINAL, Status
 from webgate import frames
-from webgate.core.auth import authenticate
+from webgate.core.auth import AuthError, Principal, authenticate, decode_token, token_from_request
 from webgate.core.db import fetch_all, fetch_one
+from webgate.core.errors import json_error
 from webgate.core.keys import CELERY_APP, CONFIG, REDIS, REPORTER
 from webgate.hub import Conn, FeedSettings, Hub, Item, id_key
+from webgate.replay_bound import ReplayBound
 from webgate.stream import StreamReader, is_complete, replay
 
-__all__ = ["setup", "HUB", "FEED_SETTINGS", "STREAM_READER", "WS_PATH", "CLIENT_JS_PATH"]
+__all__ = ["setup", "HUB", "FEED_SETTINGS", "STREAM_READER", "REPLAY_BOUND", "WS_PATH", "CLIENT_JS_PATH"]
 
 logger = logging.getLogger("webgate.feed")
 
@@ -53,9 +71,12 @@ _CLIENT_JS = Path(__file__).parent / "static" / "tracker-client.js"
 FEED_SETTINGS = web.AppKey("tracker_feed_settings", FeedSettings)
 HUB = web.AppKey("tracker_feed_hub", Hub)
 STREAM_READER = web.AppKey("tracker_feed_reader", StreamReader)
+REPLAY_BOUND = web.AppKey("tracker_feed_replay_bound", ReplayBound)
 
 _ID_RE = re.compile(r"\d{1,20}(-\d{1,20})?")
 _MAX_IDENT = 255
+#: Longest token accepted in an ``auth`` frame (real ones are a few hundred characters).
+_MAX_TOKEN = 4096
 _CONTROL_OPS = frozenset(control.ACTIONS)
 _UNFINISHED = [s.value for s in Status if s not in TERMINAL]
 _UNAVAILABLE = (SQLAlchemyError, RedisError, OSError, TimeoutError)
@@ -75,57 +96,187 @@ class Refused(Exception):
 
 # -- the WebSocket endpoint ----------------------------------------------------------------------------
 async def ws_handler(request: web.Request) -> web.StreamResponse:
-    principal = authenticate(request, allow_query=True)  # a JSON 401 before the upgrade
     app = request.app
     settings = app[FEED_SETTINGS]
-    # No compression: the hub writes pre-encoded frames straight to the transport.
-    ws = web.WebSocketResponse(heartbeat=settings.heartbeat, max_msg_size=settings.max_msg_size, compress=False,
-                               timeout=settings.close_grace)
-    await ws.prepare(request)
-    transport = request.transport
-    if transport is None:
-        return ws
     hub = app[HUB]
-    conn = hub.connect(ws, transport, principal.user_id, principal.admin)  # type: ignore[arg-type]
+    principal: Principal | None = None
+    if token_from_request(request, allow_query=True) is not None:
+        principal = authenticate(request, allow_query=True)  # a JSON 401 before the upgrade
+        if principal.exp is not None and principal.exp <= time.time():
+            raise json_error(401, "unauthorized", "token expired")  # inside the decoder's leeway, but spent
+        if not hub.claim(principal.user_id):
+            raise json_error(429, "too_many_connections", _too_many(settings))
+    # Without a token the upgrade is accepted; the first frame must be {"op": "auth"} (keeps tokens out of URLs).
+    claimed = principal.user_id if principal is not None else None
     try:
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                await _handle(app, hub, conn, msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                hub.send(conn, frames.error("bad_request", "binary frames are not accepted: send JSON text"))
+        # No compression: the hub writes pre-encoded frames straight to the transport.
+        ws = web.WebSocketResponse(heartbeat=settings.heartbeat, max_msg_size=settings.max_msg_size,
+                                   compress=False, timeout=settings.close_grace)
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return ws
+        if principal is None:
+            principal = await _first_auth(app, ws, transport)  # type: ignore[arg-type]
+            if principal is None:
+                return ws
+            if not hub.claim(principal.user_id):
+                transport.write(frames.error("too_many_connections", _too_many(settings), op="auth"))
+                await ws.close(code=frames.CLOSE_TOO_MANY_CONNECTIONS, message=b"too many connections")
+                return ws
+            claimed = principal.user_id
+            transport.write(_auth_ack(principal))
+        conn = hub.connect(ws, transport, principal.user_id, principal.admin,  # type: ignore[arg-type]
+                           exp=principal.exp)
+        try:
+            async for msg in ws:
+                if conn.closed:
+                    continue  # closed by the server (expiry, 4003, 1013): serve nothing, read until the close
+                if msg.type is WSMsgType.TEXT:
+                    await _handle(app, hub, conn, msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    hub.send(conn, frames.error("bad_request", "binary frames are not accepted: send JSON text"))
+        finally:
+            hub.disconnect(conn)
+        return ws
     finally:
-        hub.disconnect(conn)
-    return ws
+        if claimed is not None:
+            hub.release(claimed)
+
+
+def _too_many(settings: FeedSettings) -> str:
+    return (f"at most {settings.max_connections_per_user} open feed connections per user "
+            "(TRACKER_FEED_MAX_CONNECTIONS_PER_USER)")
+
+
+def _auth_ack(principal: Principal) -> bytes:
+    return frames.ack("auth", user_id=principal.user_id, exp=principal.exp)
+
+
+def _auth_token(msg: dict[str, Any]) -> str:
+    token = msg.get("token")
+    if not isinstance(token, str) or not token:
+        raise Refused("bad_request", "'token' must be a non-empty string (a JWT)", op="auth")
+    if len(token) > _MAX_TOKEN:
+        raise Refused("bad_request", f"'token' is longer than {_MAX_TOKEN} characters", op="auth")
+    return token
+
+
+def _decode(app: web.Application, token: str) -> Principal:
+    config = app[CONFIG]
+    try:
+        principal = decode_token(config.secret, token, max_ttl=config.token_max_ttl)
+    except AuthError as exc:
+        raise Refused("unauthorized", str(exc), op="auth") from None
+    if principal.exp is not None and principal.exp <= time.time():
+        raise Refused("unauthorized", "token expired", op="auth")
+    return principal
+
+
+async def _first_auth(app: web.Application, ws: web.WebSocketResponse,
+                      transport: asyncio.Transport) -> Principal | None:
+    """Wait up to ``auth_timeout`` for ``{"op": "auth", "token": ...}``; serve nothing else meanwhile.
+
+    Other frames get an ``error`` (code ``unauthorized``) and the wait goes on; a bad token gets an
+    ``error`` and close 4001, and so does silence past the deadline. None when the socket was closed.
+    """
+    hub = app[HUB]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + app[FEED_SETTINGS].auth_timeout
+    hub.unauthenticated.add(ws)
+    try:
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                msg = await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            if msg.type is not WSMsgType.TEXT:
+                if msg.type is WSMsgType.BINARY:
+                    transport.write(frames.error("bad_request", "binary frames are not accepted: send JSON text"))
+                    continue
+                return None  # closed, closing or failed (e.g. 1009 for an oversized frame)
+            try:
+                op = _op(msg.data)
+                if op[0] != "auth":
+                    raise Refused("unauthorized", 'authenticate first: send {"op": "auth", "token": "<jwt>"}',
+                                  op=op[0][:40])
+                try:
+                    return _decode(app, _auth_token(op[1]))
+                except Refused as exc:
+                    transport.write(exc.frame())
+                    await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"unauthorized")
+                    return None
+            except Refused as exc:
+                transport.write(exc.frame())
+        transport.write(frames.error("unauthorized", "no auth frame within "
+                                     f"{app[FEED_SETTINGS].auth_timeout:g} s", op="auth"))
+        await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"authentication timeout")
+        return None
+    finally:
+        hub.unauthenticated.discard(ws)
+
+
+def _op(raw: str) -> tuple[str, dict[str, Any]]:
+    """The message's ``op`` and the message; :class:`Refused` when it is not a JSON object with a string op."""
+    try:
+        msg = json.loads(raw)
+    except ValueError:
+        raise Refused("bad_json", "message is not valid JSON") from None
+    if not isinstance(msg, dict):
+        raise Refused("bad_request", "a message must be a JSON object with an 'op'")
+    op = msg.get("op")
+    if not isinstance(op, str):
+        raise Refused("bad_request", "'op' must be a string")
+    return op, msg
 
 
 async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
+    if conn.closed:
+        return
+    if hub.expired(conn):
+        # The timer is due but has not run yet (a busy loop): an expired token gets nothing served.
+        hub.close(conn, frames.CLOSE_TOKEN_EXPIRED, "token expired")
+        return
     try:
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            raise Refused("bad_json", "message is not valid JSON") from None
-        if not isinstance(msg, dict):
-            raise Refused("bad_request", "a message must be a JSON object with an 'op'")
-        op = msg.get("op")
-        if not isinstance(op, str):
-            raise Refused("bad_request", "'op' must be a string")
+        op, msg = _op(raw)
         if op == "ping":
             hub.send(conn, frames.pong())
         elif op == "subscribe":
+            if not hub.take_subscribe(conn):
+                raise Refused("rate_limited", f"at most {hub.settings.subscribe_rate:g} subscribes per second "
+                              "per connection", topic=msg.get("topic") if isinstance(msg.get("topic"), str)
+                              and len(msg["topic"]) <= 80 else None)
             await _subscribe(app, hub, conn, msg)
         elif op == "unsubscribe":
             topic = _topic(msg)
             hub.unsubscribe(conn, topic)
+        elif op == "auth":
+            _refresh(app, hub, conn, msg)
         elif op in _CONTROL_OPS:
             await _control(app, hub, conn, op, msg)
         else:
-            raise Refused("unknown_op", f"unknown op {op[:40]!r}; expected subscribe, unsubscribe, ping, "
+            raise Refused("unknown_op", f"unknown op {op[:40]!r}; expected subscribe, unsubscribe, ping, auth, "
                           "pause, resume or cancel", op=op[:40])
     except Refused as exc:
         hub.send(conn, exc.frame())
     except _UNAVAILABLE as exc:
         logger.warning("feed: store unavailable: %s", exc)
         hub.send(conn, frames.error("unavailable", "the store is unavailable; try again"))
+
+
+def _refresh(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, Any]) -> None:
+    """``op: auth`` on an open connection: a new token for the same user moves the expiry."""
+    principal = _decode(app, _auth_token(msg))  # a bad token: an error, the connection goes on with the old one
+    if principal.user_id != conn.user_id or principal.admin != conn.admin:
+        # Another identity cannot take over a socket (nor change its admin rights): refuse and close.
+        hub.send(conn, frames.error("forbidden", "the new token is for another user: reconnect with it", op="auth"))
+        hub.close(conn, frames.CLOSE_FORBIDDEN, "token for another user")
+        return
+    hub.set_expiry(conn, principal.exp)
+    hub.send(conn, _auth_ack(principal))
 
 
 def _topic(msg: dict[str, Any]) -> str:
@@ -159,6 +310,10 @@ async def _subscribe(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, 
         redis = app[REDIS]
         key = app[CONFIG].prefix + ":events"
         complete = await is_complete(redis, key, since)
+        if complete and await app[REPLAY_BOUND].too_far(redis, key, since):
+            # Further back than TRACKER_FEED_MAX_REPLAY: a snapshot is cheaper than replaying that much.
+            complete = False
+            upto = None
         if upto is not None:
             async for chunk in replay(redis, key, since, upto, batch=500):
                 items: list[Item] = [hub.item(ev) for ev in chunk if hub.matches(topic, ev, conn)]
@@ -295,9 +450,11 @@ async def _feed_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     settings = app[FEED_SETTINGS]
     hub = app[HUB] = Hub(settings)
+    app[REPLAY_BOUND] = ReplayBound(settings.max_replay, hub)
     reader = app[STREAM_READER] = StreamReader(config.require_redis(), config.prefix + ":events", hub,
                                                block_ms=settings.block_ms, count=settings.read_count)
     await reader.start()
+    hub.origin = hub.last_id  # where reading began: the replay bound counts routed events from here
     tasks = [asyncio.create_task(reader.run(), name="feed-reader"),
              asyncio.create_task(hub.run_backlog(), name="feed-backlog")]
     yield

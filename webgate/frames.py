@@ -12,8 +12,15 @@ import struct
 from typing import Any
 
 from tracker.events import dumps
+from tracker.vocabulary import CloseCode
 
-__all__ = ["text_frame", "encode", "error", "pong", "snapshot", "recovered", "ack"]
+__all__ = ["text_frame", "encode", "error", "pong", "snapshot", "recovered", "ack", "CLOSE_TOKEN_EXPIRED",
+           "CLOSE_FORBIDDEN", "CLOSE_TOO_MANY_CONNECTIONS"]
+
+# Close codes of the feed (4000-4999 are the application's, RFC 6455 7.4.2): the vocabulary's.
+CLOSE_TOKEN_EXPIRED = CloseCode.TOKEN_EXPIRED
+CLOSE_FORBIDDEN = CloseCode.FORBIDDEN
+CLOSE_TOO_MANY_CONNECTIONS = CloseCode.TOO_MANY_CONNECTIONS
 
 _LEN1 = struct.Struct("!BB").pack
 _LEN2 = struct.Struct("!BBH").pack

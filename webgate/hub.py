@@ -10,6 +10,11 @@ A client that does not keep up (its transport buffer is above ``high_water``) ge
 held in a small ordered dict where progress is coalesced to the latest per task; a sweeper
 writes them once the buffer drains below ``low_water``. Past ``max_queue`` held frames the
 socket is closed with 1013 (try again later) and the client resumes with ``since``.
+
+The hub also keeps the feed's limits: one timer per connection closes it with 4001 when its
+token expires (moved by a refresh), a token bucket per connection bounds subscribes, a count
+per user bounds open sockets, and marks of the routed stream ids let the replay bound be
+decided without reading the stream (:mod:`webgate.replay_bound`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import itertools
 import logging
 import os
 import socket
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -73,6 +79,16 @@ class FeedSettings:
     #: SO_SNDBUF of each WebSocket (0: the kernel's autotuning, up to several MiB per socket). A cap
     #: bounds kernel memory per connection and lets backpressure show at the bound above.
     send_buffer: int = 256 * 1024
+    #: Subscribes per second per connection (a token bucket with as many in reserve); beyond it an
+    #: ``error`` frame with code ``rate_limited``. 0 disables the limit.
+    subscribe_rate: float = 20.0
+    #: Open sockets per user (``sub``) on this gateway process; beyond it the upgrade gets 429. 0: no limit.
+    max_connections_per_user: int = 50
+    #: A resume from further back than this many stream entries answers ``recovered`` with
+    #: ``complete: false`` and a snapshot instead of replaying. 0: no bound.
+    max_replay: int = 10_000
+    #: Seconds a socket opened without a token has to send ``{"op": "auth", ...}`` before it is closed (4001).
+    auth_timeout: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FeedSettings:
@@ -97,17 +113,30 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+async def _close_ws(ws: web.WebSocketResponse, code: int, message: str) -> None:
+    try:
+        await ws.close(code=code, message=message.encode())
+    except Exception:  # the peer may already be gone
+        pass
+
+
 class Conn:
     """One WebSocket client: kept small, there may be tens of thousands."""
 
     __slots__ = ("ws", "transport", "user_id", "admin", "topics", "pending", "held", "loading", "mark", "floor",
-                 "closed")
+                 "closed", "exp", "expiry", "allowance", "allowance_at")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str, admin: bool) -> None:
         self.ws = ws
         self.transport = transport
         self.user_id = user_id
         self.admin = admin
+        #: Expiry (epoch seconds) of the token the connection runs on, and the timer that closes it then (4001).
+        self.exp: float | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        #: Subscribe token bucket: subscribes left and when it was last topped up (monotonic seconds).
+        self.allowance = 0.0
+        self.allowance_at = 0.0
         self.topics: set[str] = set()
         #: Frames of the batch being routed.
         self.pending: list[Item] | None = None
@@ -140,6 +169,18 @@ class Hub:
         self.group_of: dict[str, str] = {}
         self.group_members: dict[str, set[str]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: Replay bound bookkeeping: ``(stream id, ordinal)`` of every ``mark_every``-th event routed (ordinal =
+        #: events routed so far), enough of them to look ``max_replay`` entries back; ``origin`` is the stream's
+        #: tail when reading began (ordinal 0). See :mod:`webgate.replay_bound`.
+        bound = self.settings.max_replay
+        self.mark_every = max(1, bound // 100)
+        self.marks: deque[tuple[str, int]] = deque(maxlen=bound // self.mark_every + 8 if bound > 0 else 1)
+        self._next_mark = self.mark_every if bound > 0 else -1
+        self.origin: str | None = None
+        #: Open sockets per user, claimed before the upgrade and released when the handler ends.
+        self.per_user: dict[str, int] = {}
+        #: Sockets opened without a token, waiting for their first-frame ``auth`` (closed on shutdown).
+        self.unauthenticated: set[web.WebSocketResponse] = set()
         # Counters for /metrics and the benchmark.
         self.events = 0
         self.messages = 0
@@ -148,7 +189,24 @@ class Hub:
         self.slow_closed = 0
 
     # -- connections and subscriptions ---------------------------------------------------------
-    def connect(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str, admin: bool) -> Conn:
+    def claim(self, user_id: str) -> bool:
+        """Reserve one of ``user_id``'s sockets; False when the user already has the maximum open."""
+        limit = self.settings.max_connections_per_user
+        n = self.per_user.get(user_id, 0)
+        if limit > 0 and n >= limit:
+            return False
+        self.per_user[user_id] = n + 1
+        return True
+
+    def release(self, user_id: str) -> None:
+        n = self.per_user.get(user_id, 0) - 1
+        if n > 0:
+            self.per_user[user_id] = n
+        else:
+            self.per_user.pop(user_id, None)
+
+    def connect(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str, admin: bool, *,
+                exp: float | None = None) -> Conn:
         if self.settings.send_buffer > 0:
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -157,11 +215,51 @@ class Hub:
                 except OSError:
                     pass
         conn = Conn(ws, transport, user_id, admin)
+        conn.allowance = self.settings.subscribe_rate
+        conn.allowance_at = time.monotonic()
         self.conns.add(conn)
+        self.set_expiry(conn, exp)
         return conn
+
+    def set_expiry(self, conn: Conn, exp: float | None) -> None:
+        """Close ``conn`` with 4001 when its token reaches ``exp``: one timer per connection, moved on refresh."""
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
+        conn.exp = exp
+        if exp is None or conn.closed:
+            return
+        loop = asyncio.get_running_loop()
+        # Wall-clock expiry turned into a loop deadline (the loop's clock is monotonic).
+        conn.expiry = loop.call_at(loop.time() + max(0.0, exp - time.time()), self._expire, conn)
+
+    def expired(self, conn: Conn) -> bool:
+        """Whether the token has run out (also when the timer is late, e.g. on a busy loop)."""
+        return conn.exp is not None and time.time() >= conn.exp
+
+    def _expire(self, conn: Conn) -> None:
+        conn.expiry = None
+        if not conn.closed:
+            self.close(conn, frames.CLOSE_TOKEN_EXPIRED, "token expired")
+
+    def take_subscribe(self, conn: Conn) -> bool:
+        """Spend one subscribe of the connection's allowance (a token bucket refilled at ``subscribe_rate``)."""
+        rate = self.settings.subscribe_rate
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        conn.allowance = min(rate, conn.allowance + (now - conn.allowance_at) * rate)
+        conn.allowance_at = now
+        if conn.allowance < 1.0:
+            return False
+        conn.allowance -= 1.0
+        return True
 
     def disconnect(self, conn: Conn) -> None:
         conn.closed = True
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
         conn.held = conn.pending = conn.loading = None
         self.backlogged.discard(conn)
         for topic in list(conn.topics):
@@ -255,6 +353,10 @@ class Hub:
         for ev in events:
             self.events += 1
             self._learn(ev)
+            if self.events == self._next_mark:
+                self._next_mark += self.mark_every
+                if ev.id:
+                    self.marks.append((ev.id, self.events))
             if not topics:
                 continue
             self._seq += 1
@@ -420,10 +522,15 @@ class Hub:
         """Close every socket (1001 going away) and wait for the closes, bounded."""
         for conn in list(self.conns):
             self.close(conn, code, "server shutting down")
+        for ws in list(self.unauthenticated):
+            task = asyncio.ensure_future(_close_ws(ws, code, "server shutting down"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         if self._closing:
             await asyncio.wait(list(self._closing), timeout=timeout)
 
     def stats(self) -> dict[str, Any]:
         return {"connections": len(self.conns), "topics": len(self.topics), "events": self.events,
                 "messages": self.messages, "writes": self.writes, "coalesced": self.coalesced,
-                "slow_closed": self.slow_closed, "backlogged": len(self.backlogged), "last_id": self.last_id}
+                "slow_closed": self.slow_closed, "backlogged": len(self.backlogged), "last_id": self.last_id,
+                "unauthenticated": len(self.unauthenticated)}

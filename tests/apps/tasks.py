@@ -169,3 +169,22 @@ def announce(self: TrackedTask, title: str) -> int:
     record = self.notify(title, "rows are ready", type="success", priority="high",
                          metadata={"rows": 3})
     return int(record.id)
+
+
+@app.task(name="tests.accept")
+def accept(*args: object, **kwargs: object) -> int:
+    """Takes any arguments (redaction tests); logs a secret under a secret key in ``extra``."""
+    secret = kwargs.get("password")
+    stdlib_logger.info("accepted %d args", len(args) + len(kwargs),
+                       extra={"db_password": secret, "request": {"headers": {"Authorization": secret}}})
+    return len(args) + len(kwargs)
+
+
+@app.task(name="tests.fail_first")
+def fail_first(marker: str, label: str = "") -> str:
+    """Fails the first time it runs for ``marker`` (a file path), completes every later time (re-run tests)."""
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(label)
+        raise RuntimeError(f"first run of {label or marker} fails")
+    return f"ok {label}"

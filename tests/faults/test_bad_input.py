@@ -450,15 +450,25 @@ def test_rest_anything_anywhere(target: Target) -> None:
 # -- WebSocket -------------------------------------------------------------------------------------------------
 topics = st.one_of(st.sampled_from(["all", f"user:{OWNER}", "user:someone-else", "task:victim-0", "task:nope",
                                     "group:g", "task:", "user:", "bogus", ""]), json_values)
+#: Tokens that must never authenticate: garbage, wrong types, huge strings, expired, signed with another secret,
+#: a real token's header and payload with a broken signature, alg "none" (minted once: strategies stay pure).
+_NEVER_VALID = ["", "a.b.c", "Bearer x", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+                *(f(user) for f in (_expired, _forged) for user in (OWNER, "ws-fuzzer")),
+                *(make_token(user).rsplit(".", 1)[0] + "." + tail for user in (OWNER, "ws-fuzzer")
+                  for tail in ("", "AAAA", "x" * 43))]
+bad_tokens = st.one_of(
+    st.text(max_size=300), json_values, st.text(min_size=4000, max_size=6000),
+    st.integers(40_000, 50_000).map(lambda n: "x" * n), st.sampled_from(_NEVER_VALID))
 frames_text = st.one_of(
     st.text(max_size=300),
-    st.builds(lambda op, topic, since, task_id, extra: json.dumps(
-        {"op": op, "topic": topic, "since": since, "task_id": task_id, **extra}),
-        st.one_of(st.sampled_from(["subscribe", "unsubscribe", "ping", "pause", "resume", "cancel", "nope"]),
+    st.builds(lambda op, topic, since, task_id, token, extra: json.dumps(
+        {"op": op, "topic": topic, "since": since, "task_id": task_id, "token": token, **extra}),
+        st.one_of(st.sampled_from(["subscribe", "unsubscribe", "ping", "pause", "resume", "cancel", "auth", "nope"]),
                   json_values),
         topics, st.one_of(st.sampled_from(["0-0", "0", "$", "-", "999999999999999-0", "1-1-1"]), json_values),
-        st.one_of(st.text(max_size=40).map(lambda s: "fz-" + s), json_values),
+        st.one_of(st.text(max_size=40).map(lambda s: "fz-" + s), json_values), bad_tokens,
         st.dictionaries(st.text(max_size=8), json_values, max_size=2)),
+    bad_tokens.map(lambda token: json.dumps({"op": "auth", "token": token})),
     json_values.map(json.dumps),
 )
 
@@ -533,3 +543,51 @@ def test_websocket_frame_fuzz(target: Target) -> None:
         assert all(getattr(t.get(v), "status", None) == "running" for v in VICTIMS)
     _no_stray_tasks(target)
 
+
+
+def test_websocket_first_frame_auth_fuzz(target: Target) -> None:
+    """Sockets opened without a token, each sent one fuzzed frame (mostly ``auth`` with a bad token): an
+    ``error`` frame and either the socket waits for a real auth or it is closed with 4001; never served, never a
+    crash. A real token (now and then) is acknowledged."""
+    url = f"ws://127.0.0.1:{target.gw.port}/api/v1/progress/ws"
+    outcomes: dict[str, int] = {}
+
+    @_settings(150)
+    @given(frame=st.one_of(bad_tokens.map(lambda token: json.dumps({"op": "auth", "token": token})),
+                           frames_text, st.binary(max_size=50), st.just("valid")))
+    def one(frame: str | bytes) -> None:
+        valid = frame == "valid"
+        if valid:
+            frame = json.dumps({"op": "auth", "token": make_token("ws-first")})
+        with ws_connect(url, max_size=None, open_timeout=10, close_timeout=2) as ws:
+            got: list[dict[str, Any]] = []
+            code: int | None = None
+            try:
+                ws.send(frame)
+                ws.send(json.dumps({"op": "ping"}))  # answered (pong, or an error before auth) unless closed first
+            except ConnectionClosed:
+                pass  # closed after the first frame: what it sent before is still to be read
+            try:
+                while True:
+                    reply = json.loads(ws.recv(timeout=10))
+                    assert isinstance(reply, dict) and reply.get("type") in FRAME_TYPES, reply
+                    got.append(reply)
+                    if reply["type"] == "pong" or (reply["type"] == "error" and reply.get("op") == "ping"):
+                        break
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None, "closed without a close frame"
+                code = exc.rcvd.code
+        kinds = [r["type"] for r in got]
+        if valid:
+            assert kinds == ["ack", "pong"] and code is None, (got, code)
+            outcome = "authenticated"
+        else:
+            assert code in (None, 4001), (frame[:200], got, code)
+            assert got and all(k == "error" for k in kinds), (frame[:200], got, code)
+            assert all(isinstance(r.get("code"), str) and isinstance(r.get("message"), str) for r in got)
+            outcome = "closed 4001" if code == 4001 else "still waiting"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    one()
+    print(f"\nfirst-frame auth fuzz: {outcomes}")
+    assert outcomes.get("closed 4001", 0) > 50 and outcomes.get("still waiting", 0) > 10

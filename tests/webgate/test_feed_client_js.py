@@ -1,13 +1,20 @@
-"""``/static/tracker-client.js`` in a real Chromium: subscribe, control, reconnect and resume."""
+"""``/static/tracker-client.js`` in a real Chromium: first-frame auth and token refresh, subscribe, control,
+reconnect and resume."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import time
 import uuid
+from typing import Any
 
+import jwt
 from playwright.async_api import async_playwright
+from webgate.core.auth import make_token
 
+from tests.conftest import SECRET
 from tests.webgate.conftest import token_for
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -76,5 +83,56 @@ async def test_js_client_subscribes_controls_reconnects_and_resumes(feed_gateway
             statuses = [s for s, _ in await page.evaluate("log.statuses")]
             assert statuses[0] == "connecting" and statuses.count("open") == 2
             assert await page.evaluate("log.errors") == []
+        finally:
+            await browser.close()
+
+
+async def test_js_client_authenticates_in_the_first_frame_and_refreshes_before_exp(feed_gateway, publisher,
+                                                                                   tracker):
+    gw = await feed_gateway()
+    me = f"jsauth-{uuid.uuid4().hex[:8]}"
+    task = tracker.create_task("t-" + me, user_id=me, status="running")
+    tracker.flush()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            sockets: list[str] = []
+            sent: list[str] = []
+
+            def on_socket(ws: Any) -> None:
+                sockets.append(ws.url)
+                ws.on("framesent", lambda payload: sent.append(payload if isinstance(payload, str) else ""))
+
+            page.on("websocket", on_socket)
+            await page.set_content(PAGE.format(base=gw.base))
+            # Minted now (a browser start on a busy machine can take seconds): a 4-second token, and its successor.
+            first = make_token(SECRET, me, ttl=4)
+            second = make_token(SECRET, me, ttl=60)
+            exp1 = jwt.decode(first, options={"verify_signature": False})["exp"]
+            exp2 = jwt.decode(second, options={"verify_signature": False})["exp"]
+            # The app's token provider: the test swaps the token the app holds, as a sign-in refresh would.
+            await page.evaluate("""([url, token, topic]) => {
+                window.appToken = token; window.asked = 0;
+                start(url, () => { window.asked += 1; return window.appToken; }, topic);
+            }""", [gw.ws_url, first, f"user:{me}"])
+            await page.wait_for_function("log.snapshots.length === 1", timeout=10_000)
+            assert await page.evaluate("client.tokenExp") == exp1, await page.evaluate("log")
+            await page.evaluate("(t) => { window.appToken = t; }", second)
+            # Refreshed on the open socket before the first token ran out...
+            await page.wait_for_function(f"client.tokenExp === {exp2}", timeout=10_000)
+            await asyncio.sleep(max(0.0, exp1 - time.time()) + 1.5)
+            # ...so it is still the same socket, serving events, past the first exp.
+            eid = publisher.progress(task, me, 42.0)
+            await page.wait_for_function(f"log.events.some(e => e.id === {json.dumps(eid)})", timeout=10_000)
+            statuses = [s for s, _ in await page.evaluate("log.statuses")]
+            assert statuses == ["connecting", "open"], statuses
+            assert len(sockets) == 1 and "token" not in sockets[0] and first not in sockets[0]
+            frames = [json.loads(f) for f in sent]
+            assert frames[0] == {"op": "auth", "token": first}  # the first frame, before any subscribe
+            assert frames[1] == {"op": "subscribe", "topic": f"user:{me}"}
+            assert {"op": "auth", "token": second} in frames
+            assert await page.evaluate("log.errors") == []
+            assert await page.evaluate("window.asked") >= 2
         finally:
             await browser.close()

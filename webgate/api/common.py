@@ -40,7 +40,7 @@ from webgate.core.keys import REPORTER
 
 __all__ = ["API", "API_OPERATIONS", "Call", "Endpoints", "Operation", "reply", "no_content", "dumps",
            "parse_params", "scope_user", "visible_task", "flush_writes", "Reply", "when", "LIMIT", "CURSOR", "TEXT",
-           "WHEN", "TIME_DOC", "TASK_FILTERS", "LOG_FILTERS", "task_filters", "log_query", "MAX_BUCKETS",
+           "WHEN", "TIME_DOC", "TASK_ID", "TASK_FILTERS", "LOG_FILTERS", "task_filters", "log_query", "MAX_BUCKETS",
            "check_range", "plotly_layout"]
 
 API = "/api/v1/progress"
@@ -343,7 +343,8 @@ def _route_path(op: Operation) -> str:
     return path
 
 
-# -- filters shared by several endpoint modules -----------------------------------------------------------
+# -- parameters and filters shared by several endpoint modules ---------------------------------------------
+TASK_ID: dict[str, Schema] = {"task_id": {"type": "string", "minLength": 1, "maxLength": 255}}
 TASK_FILTERS: dict[str, Schema] = {
     "user_id": {**TEXT, "description": "Only this user's tasks (admins; users always see their own)"},
     "status": {"type": "string", "maxLength": 200, "description": "A status or a comma-separated list"},

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from webgate.api import logs, metrics, notifications, openapi, tasks, visualizations, workers
+from webgate.api import logs, metrics, notifications, openapi, rerun, tasks, visualizations, workers
 from webgate.api.common import API, API_OPERATIONS, Endpoints, Operation
 
 __all__ = ["ROUTE_TABLES", "OPERATIONS", "create_api", "setup"]
 
 #: The endpoint modules' route tables, in the order their routes are matched.
-ROUTE_TABLES: tuple[Endpoints, ...] = (openapi.routes, tasks.routes, logs.routes, visualizations.routes,
-                                       metrics.routes, notifications.routes, workers.routes)
+ROUTE_TABLES: tuple[Endpoints, ...] = (openapi.routes, tasks.routes, rerun.routes, logs.routes,
+                                       visualizations.routes, metrics.routes, notifications.routes,
+                                       workers.routes)
 #: Every REST operation, as the OpenAPI document lists them.
 OPERATIONS: tuple[Operation, ...] = tuple(op for table in ROUTE_TABLES for op in table.operations)
 

@@ -1,7 +1,7 @@
 """JSON Schemas of the REST API and the small validator that enforces them.
 
 The same schema objects validate requests (``validate``) and are published in the OpenAPI
-document (``webgate.openapi``), so what the document promises is what the server checks.
+document (``webgate.api.openapi``), so what the document promises is what the server checks.
 Only the JSON Schema keywords used here are implemented.
 """
 
@@ -67,6 +67,9 @@ _TASK_PROPS: dict[str, Schema] = {
     "tags": {"type": "array", "items": {"type": "string"}},
     **{k: _TIME for k in ("created_at", "published_at", "received_at", "started_at", "updated_at", "finished_at",
                           "heartbeat_at", "stalled_at")},
+    # Redacted and bounded like results (an oversized value is {"truncated": true, "repr": ...}).
+    "args": {"type": ["array", "object", "null"]}, "kwargs": {"type": ["object", "null"]},
+    "rerun_of": {"type": ["string", "null"]},
 }
 
 _STATS_ROW: Schema = {
@@ -110,8 +113,12 @@ COMPONENTS: dict[str, Schema] = {
             "total_steps": {"type": ["integer", "null"], "minimum": 1, "maximum": INT32},
             "metadata": nullable(_JSON_OBJECT),
             "tags": {"type": ["array", "null"], "maxItems": 50, "items": {"type": "string", "maxLength": 100}},
+            "args": {"type": ["array", "null"], "x-max-bytes": MAX_JSON_BYTES},
+            "kwargs": nullable(_JSON_OBJECT),
         },
     },
+    "Rerun": {"type": "object", "required": ["task_id", "rerun_of"],
+              "properties": {"task_id": {"type": "string"}, "rerun_of": {"type": "string"}}},
     "ProgressUpdate": {
         "type": "object", "required": ["progress"], "additionalProperties": False,
         "properties": {

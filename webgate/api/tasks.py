@@ -21,12 +21,14 @@ from tracker import queries as q
 from tracker.api import ExportEncoder, task_record
 from tracker.models import Task
 from tracker.records import LogRecord, MetricRecord, ProgressPoint, TaskRecord
+from tracker.redaction import redactor_for
 from tracker.status import ACTIVE, TERMINAL, Status
 from webgate.api.common import (
     CURSOR,
     LIMIT,
     LOG_FILTERS,
     TASK_FILTERS,
+    TASK_ID,
     TEXT,
     WHEN,
     Call,
@@ -48,8 +50,6 @@ from webgate.core.keys import CELERY_APP, CONFIG, ENGINE, REDIS, REPORTER
 __all__ = ["routes", "setup"]
 
 routes = Endpoints()
-
-TASK_ID = {"task_id": {"type": "string", "minLength": 1, "maxLength": 255}}
 
 async def _fresh(call: Call, task_id: str) -> TaskRecord | None:
     row = await fetch_one(call.app, q.task_by_id(task_id))
@@ -166,16 +166,27 @@ async def create_task(call: Call) -> web.Response:
     task_type = b.get("task_type") or name
     now = time.time()
     rep = call.app[REPORTER]
+    arguments = stored_arguments(call.app[CONFIG], b)
     rep.pending(task_id, user_id=b.get("user_id"), name=name, task_type=task_type, tags=b.get("tags"),
-                publisher=False, metadata=b.get("metadata"), total_steps=b.get("total_steps"), progress=pct, ts=now)
+                publisher=False, metadata=b.get("metadata"), total_steps=b.get("total_steps"), progress=pct, ts=now,
+                **arguments)
     if st is not Status.PENDING:
         extra: dict[str, Any] = {"started_at": now} if st is Status.RUNNING else {}
         rep.status(task_id, st.value, user_id=b.get("user_id"), ts=now + 1e-6, progress=pct, name=name,
                    task_type=task_type, **extra)
     fallback = TaskRecord(task_id=task_id, name=name, task_type=task_type, user_id=b.get("user_id"), status=st.value,
                           progress=pct, total_steps=b.get("total_steps"), metadata=b.get("metadata") or {},
-                          tags=b.get("tags") or [])
+                          tags=b.get("tags") or [], **arguments)
     return await _after_write(call, task_id, fallback, 201)
+
+
+def stored_arguments(config: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """``args``/``kwargs`` of a REST write as stored: redacted as they enter (the schema bounds
+    them like results); nothing when ``tracker_store_args`` is off or none were given."""
+    if not config.store_args or (body.get("args") is None and body.get("kwargs") is None):
+        return {}
+    args, kwargs = redactor_for(config).arguments(body.get("args"), body.get("kwargs"))
+    return {"args": args, "kwargs": kwargs}
 
 
 def _eta(record: TaskRecord, pct: float, now: float) -> float | None:

@@ -55,6 +55,8 @@ class AuthError(Exception):
 class Principal:
     user_id: str
     admin: bool = False
+    #: The token's expiry (epoch seconds); the feed closes a socket then (4001).
+    exp: float | None = None
 
     def can_see_user(self, user_id: str | None) -> bool:
         return self.admin or (user_id is not None and user_id == self.user_id)
@@ -96,7 +98,7 @@ def decode_token(secret: str, token: str, *, max_ttl: int = DEFAULT_MAX_TTL) -> 
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("invalid token: bad subject")
-    return Principal(sub, claims.get("admin") is True)
+    return Principal(sub, claims.get("admin") is True, float(exp))
 
 
 def token_from_request(request: web.Request, *, allow_query: bool = False) -> str | None:

@@ -9,6 +9,7 @@
  *     onAck(frame)      {},  // {type:"ack", op, task_id}             (pause / resume / cancel)
  *     onMessage(frame)  {},  // every frame, after the handlers above
  *     onStatus(status, info) {},  // "connecting" | "open" | "reconnecting" | "closed"; info = {code, reason, delay}
+ *     onAuthFailed(info) {},  // the server refused or expired the token (close 4001 / 4003); info = {code, reason}
  *   });
  *   client.subscribe("user:u-1");     // also "task:<id>", "group:<id>", "all" (admin)
  *   client.unsubscribe("user:u-1");
@@ -16,10 +17,22 @@
  *   client.send({op: "ping"});        // any op object
  *   client.close();                   // no reconnect after this
  *   client.lastEventId                // id of the newest event seen (the resume point)
+ *   client.tokenExp                   // exp (epoch seconds) of the token the open socket runs on
  *
  * `url` may be absolute (ws:// or wss://), relative to the page, or omitted (this page's
- * /api/v1/progress/ws). `token` is a string or a function returning a string or a Promise of
- * one (called before every connect, so an expiring token can be refreshed).
+ * /api/v1/progress/ws). `token` is a string or a token provider: a function returning a string or
+ * a Promise of one.
+ *
+ * Authentication: the token never goes into the URL (where access logs and proxies would keep
+ * it). The client opens the socket without one and sends {op: "auth", token} as its first frame;
+ * the server answers {type: "ack", op: "auth", exp} and only then is the client "open" (topics are
+ * subscribed, ops are sent). With a provider the client asks it again shortly before the token's
+ * `exp` (options.refreshMargin, default 60 s, at most a quarter of the token's lifetime) and sends
+ * the new token as {op: "auth"} on the open socket, which keeps it open past the old `exp`; the
+ * provider is also asked before every reconnect. If the provider returns the same token, the
+ * socket is closed by the server at `exp` (4001) and the client reconnects with whatever the
+ * provider returns then. onAuthFailed is called on 4001/4003 closes; a string token that has
+ * expired stops the reconnects (status "closed").
  *
  * The connection reconnects by itself with exponential backoff (options.minDelay 500 ms to
  * options.maxDelay 15 s, with jitter). After a reconnect every topic is subscribed again with
@@ -45,6 +58,16 @@
     return x[0] > y[0] || (x[0] === y[0] && x[1] > y[1]);
   }
 
+  function tokenClaims(token) {
+    // The JWT's payload (not verified: the server does that); null if it is not a JWT.
+    try {
+      const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part + "===".slice((part.length + 3) % 4)));
+    } catch (err) {
+      return null;
+    }
+  }
+
   function resolveUrl(url) {
     if (!url) url = WS_PATH;
     if (/^wss?:\/\//i.test(url)) return url;
@@ -60,6 +83,7 @@
       this.token = token;
       this.options = Object.assign({
         minDelay: 500, maxDelay: 15000, pingInterval: 20000, idleTimeout: 45000, dedupe: 2000,
+        refreshMargin: 60000,
       }, options || {});
       this.lastEventId = null;
       this.status = "closed";
@@ -73,6 +97,10 @@
       this._closed = false;
       this._timer = null;
       this._pinger = null;
+      this._refresher = null;
+      this._authed = false;         // the server acknowledged this socket's auth frame
+      this._current = null;         // the token this socket runs on
+      this._exp = null;             // its expiry (epoch seconds) as the server acknowledged it
       this._lastFrameAt = 0;
       this._connect();
     }
@@ -102,9 +130,12 @@
       return this._sendRaw(op);
     }
 
+    get tokenExp() { return this._exp; }
+
     close() {
       this._closed = true;
       clearTimeout(this._timer);
+      clearTimeout(this._refresher);
       clearInterval(this._pinger);
       if (this._ws) this._ws.close(1000, "client closed");
       this._setStatus("closed", {});
@@ -139,15 +170,16 @@
         return;
       }
       if (this._closed) return;
-      const sep = this.url.indexOf("?") < 0 ? "?" : "&";
       let ws;
       try {
-        ws = new WebSocket(this.url + sep + "token=" + encodeURIComponent(token));
+        ws = new WebSocket(this.url);  // no token in the URL: it goes in the first frame
       } catch (err) {
         this._scheduleReconnect({code: 0, reason: String(err)});
         return;
       }
       this._ws = ws;
+      this._authed = false;
+      this._current = token;
       ws.onopen = () => this._onOpen(ws);
       ws.onmessage = (ev) => this._onMessage(ws, ev);
       ws.onclose = (ev) => this._onClose(ws, ev);
@@ -156,8 +188,17 @@
 
     _onOpen(ws) {
       if (ws !== this._ws) return;
-      this._attempt = 0;
       this._lastFrameAt = Date.now();
+      ws.send(JSON.stringify({op: "auth", token: this._current}));
+    }
+
+    _onAuthed(ws, frame) {
+      const first = !this._authed;
+      this._authed = true;
+      this._exp = typeof frame.exp === "number" ? frame.exp : null;
+      this._scheduleRefresh(ws);
+      if (!first) return;
+      this._attempt = 0;
       this._setStatus("open", {});
       // Re-subscribe: resume from the last safe event id, or take a fresh snapshot.
       this._waiting = new Set();
@@ -185,9 +226,61 @@
     _onClose(ws, ev) {
       if (ws !== this._ws) return;
       this._ws = null;
+      this._authed = false;
       clearInterval(this._pinger);
+      clearTimeout(this._refresher);
       if (this._closed) return;
-      this._scheduleReconnect({code: ev.code, reason: ev.reason});
+      const info = {code: ev.code, reason: ev.reason};
+      if (ev.code === 4001 || ev.code === 4003) {
+        this._call("onAuthFailed", info);
+        if (this._closed) return;  // the handler may have closed the client
+        const claims = tokenClaims(this._current);
+        if (typeof this.token !== "function" && claims && typeof claims.exp === "number"
+            && claims.exp * 1000 <= Date.now()) {
+          // A fixed token that has expired can never authenticate again.
+          this._closed = true;
+          this._setStatus("closed", info);
+          return;
+        }
+      }
+      this._scheduleReconnect(info);
+    }
+
+    // -- token refresh -----------------------------------------------------------------------------------
+    _scheduleRefresh(ws) {
+      clearTimeout(this._refresher);
+      const exp = this._exp;
+      if (typeof this.token !== "function" || exp == null) return;
+      const claims = tokenClaims(this._current);
+      const now = Date.now();
+      const lifetime = claims && typeof claims.iat === "number" ? (exp - claims.iat) * 1000 : exp * 1000 - now;
+      const margin = Math.min(this.options.refreshMargin, Math.max(0, lifetime) / 4);
+      const delay = Math.max(0, exp * 1000 - margin - now);
+      this._refresher = setTimeout(() => this._refresh(ws), delay);
+    }
+
+    _retryRefresh(ws) {
+      // Nothing usable yet: ask again a little later (until the server closes the socket at exp).
+      clearTimeout(this._refresher);
+      const left = this._exp == null ? 0 : this._exp * 1000 - Date.now();
+      if (left > 0) this._refresher = setTimeout(() => this._refresh(ws), Math.max(100, Math.min(1000, left / 2)));
+    }
+
+    async _refresh(ws) {
+      if (ws !== this._ws || !this._authed) return;
+      let token;
+      try {
+        token = await this._token();
+      } catch (err) {
+        token = null;
+      }
+      if (ws !== this._ws || !this._authed) return;
+      if (!token || token === this._current) {
+        this._retryRefresh(ws);
+        return;
+      }
+      this._current = token;
+      ws.send(JSON.stringify({op: "auth", token: token}));  // the ack moves the next refresh
     }
 
     _scheduleReconnect(info) {
@@ -204,7 +297,7 @@
 
     _sendRaw(obj) {
       const ws = this._ws;
-      if (!ws || ws.readyState !== 1) return false;
+      if (!ws || ws.readyState !== 1 || !this._authed) return false;
       ws.send(JSON.stringify(obj));
       return true;
     }
@@ -233,10 +326,12 @@
           break;
         case "error":
           this._waiting.delete(frame.topic);
+          if (frame.op === "auth" && this._authed) this._retryRefresh(ws);  // a refused refresh
           this._call("onError", frame);
           break;
         case "ack":
-          this._call("onAck", frame);
+          if (frame.op === "auth") this._onAuthed(ws, frame);  // the client's own business (onMessage sees it)
+          else this._call("onAck", frame);
           break;
         default:
           break;

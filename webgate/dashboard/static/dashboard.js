@@ -143,9 +143,17 @@
     $("login").hidden = true;
     $("app").hidden = false;
     $("whoami").textContent = who.id + (who.admin ? " (admin)" : "");
+    // The client authenticates with its first frame (no token in the URL) and asks this provider
+    // again before the token's exp; a pasted token is not renewed, so at exp the feed closes (4001).
     state.client = new TrackerClient(null, () => state.token, {
       onStatus: onStatus, onEvent: onEvent, onSnapshot: onSnapshot,
       onError: (f) => { if (f.code !== "not_found") toast(f.message || f.code, true); },
+      onAuthFailed: () => {
+        const who = decodeToken(state.token || "");
+        if (!who || (typeof who.exp === "number" && who.exp * 1000 <= Date.now())) {
+          signOut("Your session has expired: sign in again.");
+        }
+      },
     });
     state.client.subscribe(who.admin ? "all" : "user:" + who.id);
     loadNotifications();
@@ -464,6 +472,8 @@
     if (t.result != null) fields.push(["Result", JSON.stringify(t.result)]);
     $("detail-fields").replaceChildren(...fields.filter(([, v]) => v != null && v !== "" && v !== "-").flatMap(([k, v]) =>
       [el("dt", {text: k}), el("dd", {}, typeof v === "object" ? v : String(v))]));
+    // Arguments and the Re-run button live in task-args.js.
+    if (window.trackerTaskArgs) window.trackerTaskArgs.render($("detail-args"), t, {api, toast, select, admin: !!(state.user && state.user.admin)});
     const err = $("detail-error");
     const msg = [t.error_type, t.error_message].filter(Boolean).join(": ");
     err.hidden = !msg && !t.traceback;
