@@ -18,12 +18,12 @@ from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.recorder import Recorder
 from tracker.redaction import redactor_for
 from tracker.reporter import Reporter
-from webgate import feed
 from webgate.api import factory as api
 from webgate.core.auth import check_secret
 from webgate.core.errors import error_middleware
 from webgate.core.keys import CELERY_APP, CONFIG, ENGINE, GATEWAY_ID, REDIS, REPORTER
 from webgate.dashboard import page as dashboard
+from webgate.feed import endpoint as feed
 from webgate.notify import notifier
 from webgate.ops import health, prometheus, queues
 

@@ -46,7 +46,7 @@ class FeedGateway:
     async def start(self) -> FeedGateway:
         from tests.apps.tasks import app as celery_app
         from webgate import create_app
-        from webgate.feed import FEED_SETTINGS
+        from webgate.feed.endpoint import FEED_SETTINGS
 
         self.app = create_app(self.config, celery_app=celery_app)
         if self.settings is not None:
@@ -63,7 +63,7 @@ class FeedGateway:
 
     @property
     def hub(self) -> Any:
-        from webgate.feed import HUB
+        from webgate.feed.endpoint import HUB
 
         assert self.app is not None
         return self.app[HUB]

@@ -11,14 +11,14 @@ from typing import Any
 
 import jwt
 import pytest
-from webgate.core.auth import make_token
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import SECRET
 from tests.webgate.conftest import recv, recv_until, token_for, ws_connect
-from webgate.feed import REPLAY_BOUND
-from webgate.hub import FeedSettings, id_key
+from webgate.core.auth import make_token
+from webgate.feed.endpoint import REPLAY_BOUND
+from webgate.feed.hub import FeedSettings, id_key
 
 
 def uid(tag: str = "a") -> str:

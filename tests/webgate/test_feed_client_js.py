@@ -12,10 +12,10 @@ from typing import Any
 
 import jwt
 from playwright.async_api import async_playwright
-from webgate.core.auth import make_token
 
 from tests.conftest import SECRET
 from tests.webgate.conftest import token_for
+from webgate.core.auth import make_token
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]

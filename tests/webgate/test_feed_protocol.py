@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import SECRET
 from tests.webgate.conftest import recv, recv_until, token_for, ws_connect
-from webgate.hub import FeedSettings, id_key
+from webgate.feed.hub import FeedSettings, id_key
 
 
 async def wait_until(pred, what: str, timeout: float = 10.0) -> None:

@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.webgate.conftest import Publisher, recv, recv_until, token_for, ws_connect
 from tracker.bus import EventBus
 from tracker.demo.services import RedisServer
-from webgate.feed import STREAM_READER
+from webgate.feed.endpoint import STREAM_READER
 
 
 def uid() -> str:

@@ -13,7 +13,7 @@ from signals import tracking_context
 from tests.apps.tasks import feed_steps, slow
 from tests.conftest import make_token
 from tests.webgate.conftest import recv, recv_until, ws_connect
-from webgate.hub import id_key
+from webgate.feed.hub import id_key
 
 
 def uid() -> str:

@@ -2,7 +2,7 @@
 
 Everything the page loads is served by the gateway (no CDN): the HTML, CSS and JS in ``static/``
 next to this module through aiohttp's static handling, the feed's ``/static/tracker-client.js``
-(``webgate.feed``) and ``plotly.min.js`` from the installed ``plotly`` package, gzip-compressed
+(``webgate.feed.endpoint``) and ``plotly.min.js`` from the installed ``plotly`` package, gzip-compressed
 once in memory for clients that accept it.
 """
 

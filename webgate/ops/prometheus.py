@@ -158,7 +158,7 @@ class _GatewayCollector(Collector):
 
     def _feed(self) -> Iterator[Any]:
         try:
-            from webgate.feed import HUB
+            from webgate.feed.endpoint import HUB
         except ImportError:  # the feed is optional for this module
             return
         hub = self.app.get(HUB)

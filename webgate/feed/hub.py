@@ -14,7 +14,7 @@ socket is closed with 1013 (try again later) and the client resumes with ``since
 The hub also keeps the feed's limits: one timer per connection closes it with 4001 when its
 token expires (moved by a refresh), a token bucket per connection bounds subscribes, a count
 per user bounds open sockets, and marks of the routed stream ids let the replay bound be
-decided without reading the stream (:mod:`webgate.replay_bound`).
+decided without reading the stream (:mod:`webgate.feed.replay_bound`).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from aiohttp import web
 
 from tracker.events import Event
 from tracker.vocabulary import CloseCode
-from webgate import frames
+from webgate.feed import frames
 
 __all__ = ["FeedSettings", "Conn", "Hub", "Item", "id_key", "TOPIC_KINDS"]
 
-logger = logging.getLogger("webgate.feed")
+logger = logging.getLogger("webgate.feed.endpoint")
 
 #: ``(coalescing key, frame bytes)``: the key is the task id of a progress event, else None.
 Item = tuple[str | None, bytes]
@@ -171,7 +171,7 @@ class Hub:
         self._closing: set[asyncio.Task[None]] = set()
         #: Replay bound bookkeeping: ``(stream id, ordinal)`` of every ``mark_every``-th event routed (ordinal =
         #: events routed so far), enough of them to look ``max_replay`` entries back; ``origin`` is the stream's
-        #: tail when reading began (ordinal 0). See :mod:`webgate.replay_bound`.
+        #: tail when reading began (ordinal 0). See :mod:`webgate.feed.replay_bound`.
         bound = self.settings.max_replay
         self.mark_every = max(1, bound // 100)
         self.marks: deque[tuple[str, int]] = deque(maxlen=bound // self.mark_every + 8 if bound > 0 else 1)

@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from webgate.hub import Hub, id_key
+from webgate.feed.hub import Hub, id_key
 
 __all__ = ["ReplayBound"]
 

@@ -20,11 +20,11 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.events import Event, decode
-from webgate.hub import Hub, id_key
+from webgate.feed.hub import Hub, id_key
 
 __all__ = ["StreamReader", "replay", "is_complete", "tail_id", "REDIS_ERRORS"]
 
-logger = logging.getLogger("webgate.feed")
+logger = logging.getLogger("webgate.feed.endpoint")
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 

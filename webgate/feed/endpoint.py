@@ -21,7 +21,7 @@ its token reaches ``exp``; ``op: auth`` with a new token of the same user (and a
 that point, a token of anyone else gets an ``error`` and close 4003, a bad one an ``error`` (the
 old token stays in force).
 
-Limits (:class:`webgate.hub.FeedSettings`, env ``TRACKER_FEED_*``): ``subscribe_rate`` subscribes
+Limits (:class:`webgate.feed.hub.FeedSettings`, env ``TRACKER_FEED_*``): ``subscribe_rate`` subscribes
 per second per connection (beyond: ``error`` code ``rate_limited``), ``max_connections_per_user``
 open sockets per user in this process (beyond: HTTP 429 at the upgrade, close 4029 after a
 first-frame auth), and ``max_replay``: a resume from further back answers ``recovered`` with
@@ -50,18 +50,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from tracker import control, queries
 from tracker.api import task_record
 from tracker.status import TERMINAL, Status
-from webgate import frames
 from webgate.core.auth import AuthError, Principal, authenticate, decode_token, token_from_request
 from webgate.core.db import fetch_all, fetch_one
 from webgate.core.errors import json_error
 from webgate.core.keys import CELERY_APP, CONFIG, REDIS, REPORTER
-from webgate.hub import Conn, FeedSettings, Hub, Item, id_key
-from webgate.replay_bound import ReplayBound
-from webgate.stream import StreamReader, is_complete, replay
+from webgate.feed import frames
+from webgate.feed.hub import Conn, FeedSettings, Hub, Item, id_key
+from webgate.feed.replay_bound import ReplayBound
+from webgate.feed.stream import StreamReader, is_complete, replay
 
 __all__ = ["setup", "HUB", "FEED_SETTINGS", "STREAM_READER", "REPLAY_BOUND", "WS_PATH", "CLIENT_JS_PATH"]
 
-logger = logging.getLogger("webgate.feed")
+logger = logging.getLogger("webgate.feed.endpoint")
 
 WS_PATH = "/api/v1/progress/ws"
 CLIENT_JS_PATH = "/static/tracker-client.js"
