@@ -28,19 +28,20 @@ from typing import Any
 import redis.exceptions
 import sqlalchemy.exc
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 
 from tracker import queries as q
 from tracker.api import task_record
 from tracker.records import TaskRecord
-from webgate.api.schema import LEVELS, SchemaError, check_text, validate
+from webgate.api.models import Query, check_text
 from webgate.core.auth import Principal, authenticate
 from webgate.core.db import fetch_one
 from webgate.core.errors import json_error
 from webgate.core.keys import REPORTER
 
 __all__ = ["API", "API_OPERATIONS", "Call", "Endpoints", "Operation", "reply", "no_content", "dumps",
-           "parse_params", "scope_user", "visible_task", "flush_writes", "Reply", "when", "LIMIT", "CURSOR", "TEXT",
-           "WHEN", "TIME_DOC", "TASK_ID", "TASK_FILTERS", "LOG_FILTERS", "task_filters", "log_query", "MAX_BUCKETS",
+           "parse_params", "scope_user", "owned_row", "visible_task", "flush_writes", "Reply", "when", "SchemaError",
+           "task_filters", "log_query", "MAX_BUCKETS",
            "check_range", "plotly_layout"]
 
 API = "/api/v1/progress"
@@ -74,23 +75,35 @@ Handler = Callable[[Call], Awaitable[web.StreamResponse]]
 
 @dataclass
 class Operation:
+    """One endpoint as declared: its models (query, path parameters, body) and its replies."""
+
     method: str
     path: str
     operation_id: str
     summary: str
     tag: str
     handler: Handler
-    query: dict[str, Schema] = field(default_factory=dict)
-    path_params: dict[str, Schema] = field(default_factory=dict)
-    body: Schema | None = None
+    query: type[Query] = Query
+    path_model: type[Query] = Query
+    #: A body model, or a union of models (``LogBatch | LogIn``); None: the endpoint takes no body.
+    body: Any = None
     body_required: bool = False
     replies: list[Reply] = field(default_factory=list)
     auth: bool = True
     description: str = ""
+    body_adapter: TypeAdapter[Any] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.body is not None:
+            self.body_adapter = TypeAdapter(self.body)
 
     @property
     def url(self) -> str:
         return API + self.path
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(self.path_model.model_fields)
 
 
 #: The root application's list of every REST operation, set by the factory for the OpenAPI document.
@@ -108,10 +121,10 @@ class Endpoints(web.RouteTableDef):
         super().__init__()
         self.operations: list[Operation] = []
 
-    def operation(self, method: str, path: str, *, operation_id: str, summary: str, tag: str,
+    def operation(self, method: str, route: str, *, operation_id: str, summary: str, tag: str,
                   ok: tuple[int, str, Schema | None] | tuple[int, str, Schema | None, str],
-                  query: dict[str, Schema] | None = None, path_params: dict[str, Schema] | None = None,
-                  body: Schema | None = None, body_required: bool = False, errors: tuple[int, ...] = (),
+                  query: type[Query] = Query, path: type[Query] = Query,
+                  body: Any = None, body_required: bool = False, errors: tuple[int, ...] = (),
                   extra: list[Reply] | None = None, auth: bool = True,
                   description: str = "") -> Callable[[Handler], Handler]:
         """Declare an endpoint: ``ok`` is its success reply, ``errors`` the 4xx it can answer
@@ -127,8 +140,8 @@ class Endpoints(web.RouteTableDef):
                     for c in sorted(codes)]
 
         def register(handler: Handler) -> Handler:
-            op = Operation(method, path, operation_id, summary, tag, handler, dict(query or {}),
-                           dict(path_params or {}), body, body_required, replies, auth, description)
+            op = Operation(method, route, operation_id, summary, tag, handler, query, path, body, body_required,
+                           replies, auth, description)
             self.operations.append(op)
             # Routes keep declaration order, which keeps fixed paths such as /tasks/stats ahead
             # of /tasks/{task_id}.
@@ -168,48 +181,38 @@ def no_content() -> web.Response:
 
 
 # -- request parsing ------------------------------------------------------------------------------------
-_INT = re.compile(r"[+-]?\d{1,19}")
-_NUM = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?")
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+class SchemaError(ValueError):
+    """Request input does not match its model; the message names the offending field."""
 
 
-def _parse_param(name: str, raw: str, schema: Schema) -> Any:
-    where = f"parameter {name!r}"
-    check_text(raw, where)
-    types = schema.get("type", "string")
-    types = [types] if isinstance(types, str) else types
-    value: Any = raw
-    if "integer" in types:
-        if not _INT.fullmatch(raw.strip()):
-            raise SchemaError(f"{where}: expected an integer")
-        value = int(raw)
-    elif "number" in types:
-        if not _NUM.fullmatch(raw.strip()):
-            raise SchemaError(f"{where}: expected a number")
-        value = float(raw)
-    elif "boolean" in types:
-        if raw.lower() not in _BOOLS:
-            raise SchemaError(f"{where}: expected true or false")
-        value = _BOOLS[raw.lower()]
-    return validate({k: v for k, v in schema.items() if k not in ("type", "default")}, value, where)
+def _message(exc: ValidationError, noun: str) -> str:
+    """The first few problems pydantic found, each naming its field."""
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown {noun} {loc!r}")
+        elif err["type"] == "missing":
+            parts.append(f"missing required {noun} {loc!r}")
+        else:
+            parts.append(f"{noun} {loc!r}: {err['msg']}" if loc else f"{noun}: {err['msg']}")
+    return "; ".join(parts)
 
 
-def parse_params(values: Mapping[str, str], spec: dict[str, Schema]) -> dict[str, Any]:
-    """Query-style parameters (text) checked against ``spec``; absent ones get their default."""
-    out: dict[str, Any] = {}
-    for name, raw in values.items():
-        if name not in spec:
-            raise SchemaError(f"unknown parameter {name!r}")
-        out[name] = _parse_param(name, raw, spec[name])
-    for name, schema in spec.items():
-        if name not in out:
-            if schema.get("x-required"):
-                raise SchemaError(f"missing required parameter {name!r}")
-            out[name] = schema.get("default")
-    return out
+def parse_params(values: Mapping[str, str], model: type[Query], noun: str = "parameter") -> dict[str, Any]:
+    """Text parameters (query string, path, a widget's chart parameters) checked against ``model``;
+    absent ones get their default."""
+    try:
+        for name, raw in values.items():
+            check_text(raw, f"{noun} {name!r}")
+        return model.model_validate(dict(values)).model_dump()
+    except ValidationError as exc:
+        raise SchemaError(_message(exc, noun)) from None
+    except ValueError as exc:
+        raise SchemaError(str(exc)) from None
 
 
-def _parse_query(request: web.Request, spec: dict[str, Schema], token_in_query: bool = False) -> dict[str, Any]:
+def _parse_query(request: web.Request, model: type[Query], token_in_query: bool = False) -> dict[str, Any]:
     values: dict[str, str] = {}
     for name in set(request.query.keys()):
         if name == "token" and token_in_query:
@@ -218,7 +221,7 @@ def _parse_query(request: web.Request, spec: dict[str, Schema], token_in_query: 
         if len(found) > 1:
             raise SchemaError(f"query parameter {name!r} given more than once")
         values[name] = found[0]
-    return parse_params(values, spec)
+    return parse_params(values, model)
 
 
 #: Deepest nesting of arrays/objects a JSON body may have.
@@ -244,13 +247,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _validate_body(adapter: TypeAdapter[Any], data: Any) -> dict[str, Any]:
+    """The body as the fields the client sent (``exclude_unset``: a handler can tell an absent
+    field from a null one), checked strictly: JSON types as they are."""
+    try:
+        model = adapter.validate_python(data, strict=True)
+    except ValidationError as exc:
+        raise SchemaError(_message(exc, "field")) from None
+    dumped: dict[str, Any] = model.model_dump(exclude_unset=True)
+    return dumped
+
+
 async def _parse_body(request: web.Request, op: Operation) -> Any:
-    assert op.body is not None
+    assert op.body_adapter is not None
     raw = await request.read()  # aiohttp answers 413 beyond client_max_size
     if not raw.strip(b" \t\r\n"):  # JSON's whitespace only: a form feed is not "no body"
         if op.body_required:
             raise SchemaError("a JSON body is required")
-        return validate(op.body, {}, "body")
+        return _validate_body(op.body_adapter, {})
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -260,7 +274,9 @@ async def _parse_body(request: web.Request, op: Operation) -> Any:
         data = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise SchemaError(f"malformed JSON: {exc}") from None
-    return validate(op.body, data, "body")
+    if not isinstance(data, dict):
+        raise SchemaError(f"the body must be a JSON object, not {type(data).__name__}")
+    return _validate_body(op.body_adapter, data)
 
 
 def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -268,9 +284,10 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
         principal = (authenticate(request, allow_query=op.path in QUERY_TOKEN_PATHS) if op.auth
                      else Principal("anonymous"))
         try:
-            path = {k: _parse_param(k, request.match_info.get(k, ""), s) for k, s in op.path_params.items()}
+            path = parse_params({k: request.match_info.get(k, "") for k in op.path_params}, op.path_model,
+                                "path parameter")
             query = _parse_query(request, op.query, op.path in QUERY_TOKEN_PATHS)
-            body = await _parse_body(request, op) if op.body is not None else None
+            body = await _parse_body(request, op) if op.body_adapter is not None else None
         except SchemaError as exc:
             raise json_error(400, "bad_request", str(exc)) from None
         try:
@@ -289,12 +306,7 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
 
 
 # -- shared helpers ------------------------------------------------------------------------------------
-#: Query parameters shared by list endpoints.
-TIME_DOC = "ISO 8601 time, epoch seconds, or relative such as -15m, -2h, -7d"
-LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
-CURSOR: Schema = {"type": "string", "maxLength": 512, "description": "next_cursor of the previous page"}
-TEXT: Schema = {"type": "string", "maxLength": 255}
-WHEN: Schema = {"type": "string", "maxLength": 64, "description": TIME_DOC}
+_NUM = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?")
 
 
 def when(value: str | None) -> Any:
@@ -317,15 +329,20 @@ def scope_user(call: Call, requested: str | None) -> str | None:
     return p.user_id
 
 
+async def owned_row(call: Call, stmt: Any, what: str, ident: object) -> Any:
+    """The row ``stmt`` reads if the caller may touch it: 404 when there is none, 403 when it is
+    another user's (its ``user_id``)."""
+    row = await fetch_one(call.app, stmt)
+    if row is None:
+        raise json_error(404, "not_found", f"no {what} {ident}")
+    if not call.principal.can_see_user(row.user_id):
+        raise json_error(403, "forbidden", f"this {what} belongs to another user")
+    return row
+
+
 async def visible_task(call: Call, task_id: str) -> TaskRecord:
     """The task if the caller may see it: 404 when there is none, 403 when it is another user's."""
-    row = await fetch_one(call.app, q.task_by_id(task_id))
-    if row is None:
-        raise json_error(404, "not_found", f"no task {task_id!r}")
-    record = task_record(row)
-    if not call.principal.can_see_user(record.user_id):
-        raise json_error(403, "forbidden", "this task belongs to another user")
-    return record
+    return task_record(await owned_row(call, q.task_by_id(task_id), "task", repr(task_id)))
 
 
 async def flush_writes(app: web.Application, timeout: float = 5.0) -> bool:
@@ -337,32 +354,13 @@ def _route_path(op: Operation) -> str:
     """The aiohttp path under :data:`API`: integer ids only match digits, so ``/notifications/stats``
     is never taken for a notification id (other methods there get 405, not a 400 about the id)."""
     path = op.path
-    for name, schema in op.path_params.items():
-        if schema.get("type") == "integer":
+    for name, info in op.path_model.model_fields.items():
+        if info.annotation is int:
             path = path.replace("{" + name + "}", "{" + name + r":\d{1,19}}")
     return path
 
 
-# -- parameters and filters shared by several endpoint modules ---------------------------------------------
-TASK_ID: dict[str, Schema] = {"task_id": {"type": "string", "minLength": 1, "maxLength": 255}}
-TASK_FILTERS: dict[str, Schema] = {
-    "user_id": {**TEXT, "description": "Only this user's tasks (admins; users always see their own)"},
-    "status": {"type": "string", "maxLength": 200, "description": "A status or a comma-separated list"},
-    "task_type": TEXT, "tag": TEXT,
-    "search": {**TEXT, "description": "Substring of id, name, type, step or error"},
-    "since": WHEN, "until": WHEN, "group_id": TEXT, "root_id": TEXT, "parent_id": TEXT,
-}
-_LEVEL_PARAM: Schema = {"type": "string", "maxLength": 16,
-                        "description": "Level name (" + ", ".join(LEVELS) + ") or number"}
-LOG_FILTERS: dict[str, Schema] = {
-    "level": {**_LEVEL_PARAM, "description": "Only this level"},
-    "min_level": {**_LEVEL_PARAM, "description": "This level and above"},
-    "search": {**TEXT, "description": "Full-text search in the message (web search syntax)"},
-    "since": WHEN, "until": WHEN, "limit": LIMIT, "cursor": CURSOR,
-    "order": {"type": "string", "enum": ["asc", "desc"], "default": "asc"},
-}
-
-
+# -- filters shared by several endpoint modules ---------------------------------------------------------
 def task_filters(call: Call) -> q.TaskFilters:
     """Validated filters of a task list, limited to what the caller may see."""
     a = call.query

@@ -11,9 +11,6 @@ from tracker import queries as q
 from tracker.api import task_record
 from tracker.records import LogRecord
 from webgate.api.common import (
-    LOG_FILTERS,
-    TEXT,
-    WHEN,
     Call,
     Endpoints,
     flush_writes,
@@ -22,6 +19,7 @@ from webgate.api.common import (
     scope_user,
     when,
 )
+from webgate.api.models import LogBatch, LogIn, LogList, LogStatsQuery
 from webgate.api.schema import ref
 from webgate.core.db import fetch_all
 from webgate.core.errors import json_error
@@ -47,14 +45,14 @@ async def _owners(call: Call, task_ids: set[str]) -> dict[str, str | None]:
 
 
 @routes.operation("POST", "/logs", operation_id="createLogs", tag="logs",
-           summary="Add log lines (one object, or {\"logs\": [...]} for a batch)",
-           description="A line about a task needs the task's owner or an admin; a line without a task is the "
+                  summary="Add log lines (one object, or {\"logs\": [...]} for a batch)",
+                  description="A line about a task needs the task's owner or an admin; a line without a task is the "
                        "caller's own (admins may name another user_id). Stored and published like a Celery "
                        "task's log.",
-           body={"anyOf": [ref("LogBatch"), ref("LogIn")]}, body_required=True,
-           ok=(201, "Stored", ref("Accepted")),
-           extra=[(202, "Accepted; the store has not committed them yet", ref("Accepted"), "application/json")],
-           errors=(403, 404))
+                  body=LogBatch | LogIn, body_required=True,
+                  ok=(201, "Stored", ref("Accepted")),
+                  extra=[(202, "Accepted; the store has not committed them yet", ref("Accepted"), "application/json")],
+                  errors=(403, 404))
 async def create_logs(call: Call) -> web.Response:
     lines: list[dict[str, Any]] = call.body["logs"] if "logs" in call.body else [call.body]
     p = call.principal
@@ -83,9 +81,9 @@ async def create_logs(call: Call) -> web.Response:
 
 
 @routes.operation("GET", "/logs", operation_id="listLogs", tag="logs",
-           summary="Search log lines across tasks (full text, level, time range)",
-           query={**LOG_FILTERS, "task_id": TEXT, "user_id": TEXT}, ok=(200, "A page of log lines", ref("LogPage")),
-           errors=(403,))
+                  summary="Search log lines across tasks (full text, level, time range)",
+                  query=LogList, ok=(200, "A page of log lines", ref("LogPage")),
+                  errors=(403,))
 async def list_logs(call: Call) -> web.Response:
     user_id = scope_user(call, call.query.get("user_id"))
     task_id = call.query.get("task_id")
@@ -102,8 +100,8 @@ async def _exists(call: Call, task_id: str) -> bool:
 
 
 @routes.operation("GET", "/logs/stats", operation_id="logStats", tag="logs", summary="Log lines counted by level",
-           query={"task_id": TEXT, "user_id": TEXT, "since": WHEN, "until": WHEN},
-           ok=(200, "Counts by level", ref("LogStats")), errors=(403,))
+                  query=LogStatsQuery,
+                  ok=(200, "Counts by level", ref("LogStats")), errors=(403,))
 async def log_stats(call: Call) -> web.Response:
     a = call.query
     user_id = scope_user(call, a.get("user_id"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from tracker import queries as q
-from webgate.api.common import MAX_BUCKETS, TEXT, WHEN, Call, Endpoints, check_range, reply, scope_user, when
+from webgate.api.common import MAX_BUCKETS, Call, Endpoints, check_range, reply, scope_user, when
+from webgate.api.models import MetricSeriesQuery
 from webgate.api.schema import ref
 from webgate.core.db import fetch_all
 
@@ -15,16 +16,11 @@ routes = Endpoints()
 
 
 @routes.operation("GET", "/metrics", operation_id="metricSeries", tag="metrics",
-           summary="One metric aggregated per time bucket, oldest first",
-           description="Automatic per-task metrics are task.queue_wait, task.run_time, task.cpu_time, "
+                  summary="One metric aggregated per time bucket, oldest first",
+                  description="Automatic per-task metrics are task.queue_wait, task.run_time, task.cpu_time, "
                        "task.memory_growth and task.retries; workers report worker.cpu_percent and "
                        "worker.rss_bytes; tasks add their own with metric().",
-           query={"name": {**TEXT, "minLength": 1, "x-required": True},
-                  "bucket": {"type": "string", "maxLength": 16, "default": "1m"},
-                  "agg": {"type": "string", "enum": ["avg", "sum", "min", "max", "count", "p50", "p95", "p99"],
-                          "default": "avg"},
-                  "since": {**WHEN, "default": "-1h"}, "until": WHEN, "task_type": TEXT, "user_id": TEXT},
-           ok=(200, "Bucketed values", ref("MetricSeries")), errors=(403,))
+                  query=MetricSeriesQuery, ok=(200, "Bucketed values", ref("MetricSeries")), errors=(403,))
 async def metric_series(call: Call) -> web.Response:
     a = call.query
     check_range(a, a["bucket"])  # bounded: at most MAX_BUCKETS rows

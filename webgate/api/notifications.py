@@ -11,7 +11,16 @@ from aiohttp import web
 from tracker import notify as nt
 from tracker import queries as q
 from tracker.records import NotificationRecord
-from webgate.api.common import CURSOR, LIMIT, TEXT, Call, Endpoints, no_content, reply, scope_user, visible_task
+from webgate.api.common import Call, Endpoints, no_content, owned_row, reply, scope_user, visible_task
+from webgate.api.models import (
+    NotificationBatch,
+    NotificationFilters,
+    NotificationIn,
+    NotificationList,
+    NotificationPath,
+    UserPath,
+    UserQuery,
+)
 from webgate.api.schema import ref
 from webgate.core.db import execute, fetch_all, fetch_one
 from webgate.core.errors import json_error
@@ -20,15 +29,6 @@ from webgate.core.keys import CONFIG
 __all__ = ["routes", "USER_CHANNELS", "ADMIN_CHANNELS"]
 
 routes = Endpoints()
-
-_FILTERS: dict[str, dict[str, Any]] = {
-    "unread": {"type": "boolean", "description": "true: only unread; false: only read"},
-    "type": {"type": "string", "enum": ["info", "success", "warning", "error", "progress"]},
-    "priority": {"type": "string", "enum": ["urgent", "high", "normal", "low"]},
-    "limit": LIMIT, "cursor": CURSOR,
-}
-_ID = {"notification_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
-
 
 async def _page(call: Call, user_id: str | None) -> web.Response:
     a = call.query
@@ -41,17 +41,17 @@ async def _page(call: Call, user_id: str | None) -> web.Response:
 
 
 @routes.operation("GET", "/notifications", operation_id="listNotifications", tag="notifications",
-           summary="The caller's notifications, newest first (admins: everyone's, or user_id's)",
-           query={**_FILTERS, "user_id": TEXT}, ok=(200, "A page of notifications", ref("NotificationPage")),
-           errors=(403,))
+                  summary="The caller's notifications, newest first (admins: everyone's, or user_id's)",
+                  query=NotificationList, ok=(200, "A page of notifications", ref("NotificationPage")),
+                  errors=(403,))
 async def list_notifications(call: Call) -> web.Response:
     return await _page(call, scope_user(call, call.query.get("user_id")))
 
 
 @routes.operation("GET", "/users/{user_id}/notifications", operation_id="listUserNotifications", tag="notifications",
-           summary="One user's notifications (that user or an admin)",
-           path_params={"user_id": {"type": "string", "minLength": 1, "maxLength": 255}}, query=_FILTERS,
-           ok=(200, "A page of notifications", ref("NotificationPage")), errors=(403,))
+                  summary="One user's notifications (that user or an admin)",
+                  path=UserPath, query=NotificationFilters,
+                  ok=(200, "A page of notifications", ref("NotificationPage")), errors=(403,))
 async def user_notifications(call: Call) -> web.Response:
     user_id = scope_user(call, call.path["user_id"])
     return await _page(call, user_id)
@@ -60,17 +60,13 @@ async def user_notifications(call: Call) -> web.Response:
 async def _own(call: Call) -> int:
     """The notification id if the caller may touch it: 404 when missing, 403 when another user's."""
     nid = call.path["notification_id"]
-    row = await fetch_one(call.app, q.notification_by_id(nid))
-    if row is None:
-        raise json_error(404, "not_found", f"no notification {nid}")
-    if not call.principal.can_see_user(row.user_id):
-        raise json_error(403, "forbidden", "this notification belongs to another user")
+    await owned_row(call, q.notification_by_id(nid), "notification", nid)
     return int(nid)
 
 
 @routes.operation("PATCH", "/notifications/{notification_id}/read", operation_id="markNotificationRead",
-           tag="notifications", summary="Mark a notification read", path_params=_ID,
-           ok=(200, "The notification", ref("Notification")), errors=(403, 404))
+                  tag="notifications", summary="Mark a notification read", path=NotificationPath,
+                  ok=(200, "The notification", ref("Notification")), errors=(403, 404))
 async def mark_read(call: Call) -> web.Response:
     nid = await _own(call)
     rows = await execute(call.app, q.mark_notification_read(nid))
@@ -80,7 +76,7 @@ async def mark_read(call: Call) -> web.Response:
 
 
 @routes.operation("DELETE", "/notifications/{notification_id}", operation_id="deleteNotification", tag="notifications",
-           summary="Delete a notification", path_params=_ID, ok=(204, "Deleted", None), errors=(403, 404))
+                  summary="Delete a notification", path=NotificationPath, ok=(204, "Deleted", None), errors=(403, 404))
 async def delete_notification(call: Call) -> web.Response:
     nid = await _own(call)
     await execute(call.app, q.delete_notification(nid))
@@ -88,8 +84,8 @@ async def delete_notification(call: Call) -> web.Response:
 
 
 @routes.operation("GET", "/notifications/stats", operation_id="notificationStats", tag="notifications",
-           summary="Notification counts: total, unread, urgent, high", query={"user_id": TEXT},
-           ok=(200, "Counts", ref("NotificationStats")), errors=(403,))
+                  summary="Notification counts: total, unread, urgent, high", query=UserQuery,
+                  ok=(200, "Counts", ref("NotificationStats")), errors=(403,))
 async def notification_stats(call: Call) -> web.Response:
     row = await fetch_one(call.app, q.notification_stats(scope_user(call, call.query.get("user_id"))))
     counts = dict(row._mapping) if row is not None else {}
@@ -104,17 +100,17 @@ ADMIN_CHANNELS = frozenset({"websocket", "email"})
 
 
 @routes.operation("POST", "/notifications", operation_id="createNotifications", tag="notifications",
-           summary="Send in-app (admins: also e-mail) notifications: one object or {\"notifications\": [...]}",
-           description="Users notify themselves, on the websocket channel only; admins anyone, on websocket and "
+                  summary="Send in-app (admins: also e-mail) notifications: one object or {\"notifications\": [...]}",
+                  description="Users notify themselves, on the websocket channel only; admins anyone, on websocket and "
                        "email (to the user's configured recipients). Other channels get 403 forbidden_channel. "
                        "action_url must be an http(s) URL. metadata is stored as given and selects nothing. "
                        "Per caller at most tracker_notify_rate_limit notifications per tracker_notify_rate_window "
                        "seconds (a batch counts each), else 429 rate_limited with Retry-After. A task_id must "
                        "name a task the caller may see. dedup_key makes a retry idempotent (per caller). "
                        "Delivery is recorded per channel.",
-           body={"anyOf": [ref("NotificationBatch"), ref("NotificationIn")]}, body_required=True,
-           ok=(201, "The stored notification(s)", {"anyOf": [ref("Notification"), ref("NotificationPage")]}),
-           errors=(403, 404, 429))
+                  body=NotificationBatch | NotificationIn, body_required=True,
+                  ok=(201, "The stored notification(s)", {"anyOf": [ref("Notification"), ref("NotificationPage")]}),
+                  errors=(403, 404, 429))
 async def create_notifications(call: Call) -> web.Response:
     from webgate.notify.notifier import NOTIFIER
 

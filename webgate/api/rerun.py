@@ -11,7 +11,8 @@ import asyncio
 from aiohttp import web
 
 from tracker.rerun import NotRerunnable, publish_rerun
-from webgate.api.common import TASK_ID, Call, Endpoints, flush_writes, reply, visible_task
+from webgate.api.common import Call, Endpoints, flush_writes, reply, visible_task
+from webgate.api.models import TaskPath
 from webgate.api.schema import ref
 from webgate.core.errors import json_error
 from webgate.core.keys import CELERY_APP, REPORTER
@@ -22,12 +23,12 @@ routes = Endpoints()
 
 
 @routes.operation("POST", "/tasks/{task_id}/rerun", operation_id="rerunTask", tag="control",
-           summary="Run a task again with its stored arguments, on its original queue, for its original user "
+                  summary="Run a task again with its stored arguments, on its original queue, for its original user "
                    "(admin)",
-           description="Answers 409 `not_rerunnable` when the task's arguments were redacted or not stored, "
+                  description="Answers 409 `not_rerunnable` when the task's arguments were redacted or not stored, "
                        "or the gateway's Celery app does not know the task; 503 `no_celery_app` when the "
                        "gateway was started without a Celery app.",
-           path_params=TASK_ID, ok=(202, "Published; the new task's id", ref("Rerun")), errors=(403, 404, 409))
+                  path=TaskPath, ok=(202, "Published; the new task's id", ref("Rerun")), errors=(403, 404, 409))
 async def rerun_task(call: Call) -> web.Response:
     if not call.principal.admin:
         raise json_error(403, "forbidden", "re-running a task needs an admin token")

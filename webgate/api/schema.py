@@ -1,33 +1,16 @@
-"""JSON Schemas of the REST API and the small validator that enforces them.
-
-The same schema objects validate requests (``validate``) and are published in the OpenAPI
-document (``webgate.api.openapi``), so what the document promises is what the server checks.
-Only the JSON Schema keywords used here are implemented.
-"""
+"""JSON Schemas of the REST API's replies, as the OpenAPI document (``webgate.api.openapi``)
+publishes them. The requests' schemas are generated from their pydantic models
+(``webgate.api.models``), which validate them."""
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any
 
-from tracker import vocabulary
+from webgate.api.models import STATUSES
 
-__all__ = ["COMPONENTS", "SchemaError", "validate", "check_text", "ref", "nullable", "STATUSES", "LEVELS",
-           "CHARTS", "ID", "page_of", "MAX_JSON_BYTES"]
+__all__ = ["COMPONENTS", "ref", "nullable", "page_of"]
 
 Schema = dict[str, Any]
-
-STATUSES = [s.value for s in vocabulary.STATUSES]
-LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-CHARTS = ["progress-chart", "status-distribution", "performance-metrics", "activity-heatmap"]
-INT32 = 2**31 - 1
-#: Free-form JSON (metadata, context, result) is bounded so one request cannot bloat a row.
-MAX_JSON_BYTES = 64 * 1024
-
-
-class SchemaError(ValueError):
-    """A value does not match its schema; the message names the offending field."""
 
 
 def ref(name: str) -> Schema:
@@ -46,10 +29,7 @@ def page_of(item: Schema) -> Schema:
             "properties": {"items": {"type": "array", "items": item}, "next_cursor": {"type": ["string", "null"]}}}
 
 
-ID: Schema = {"type": "string", "minLength": 1, "maxLength": 255}
-_OPT_TEXT: Schema = {"type": ["string", "null"], "maxLength": 255}
 _TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
-_JSON_OBJECT: Schema = {"type": "object", "x-max-bytes": MAX_JSON_BYTES}
 _NUM_OR_NULL: Schema = {"type": ["number", "null"]}
 _ERROR_BODY: Schema = {"type": "object", "required": ["code", "message"],
                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}
@@ -81,73 +61,12 @@ _STATS_ROW: Schema = {
                    "avg_duration": _NUM_OR_NULL, "throughput_per_min": _NUM_OR_NULL},
 }
 
-_ATTACHMENT: Schema = {
-    "type": "object", "required": ["name"], "additionalProperties": False,
-    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 255},
-                   "content_type": {"type": ["string", "null"], "maxLength": 255},
-                   "size": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**53},
-                   "url": {"type": ["string", "null"], "maxLength": 2048},
-                   "data": {"type": ["string", "null"], "maxLength": MAX_JSON_BYTES}},
-}
-
-_WIDGET: Schema = {
-    "type": "object", "required": ["type"], "additionalProperties": False,
-    "properties": {"type": {"type": "string", "enum": CHARTS},
-                   "title": {"type": ["string", "null"], "maxLength": 200},
-                   "params": {"type": "object", "maxProperties": 20,
-                              "additionalProperties": {"type": ["string", "integer", "number", "boolean", "null"],
-                                                       "maxLength": 255}}},
-}
-
 COMPONENTS: dict[str, Schema] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": _ERROR_BODY}},
     "Task": {"type": "object", "required": list(_TASK_PROPS), "properties": _TASK_PROPS},
     "TaskPage": page_of(ref("Task")),
-    "TaskCreate": {
-        "type": "object", "additionalProperties": False,
-        "properties": {
-            "task_id": ID, "user_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
-            "task_type": _OPT_TEXT, "task_name": _OPT_TEXT,
-            "progress": {"type": "number", "minimum": 0, "maximum": 100, "default": 0},
-            "status": {"type": "string", "enum": STATUSES, "default": "pending"},
-            "total_steps": {"type": ["integer", "null"], "minimum": 1, "maximum": INT32},
-            "metadata": nullable(_JSON_OBJECT),
-            "tags": {"type": ["array", "null"], "maxItems": 50, "items": {"type": "string", "maxLength": 100}},
-            "args": {"type": ["array", "null"], "x-max-bytes": MAX_JSON_BYTES},
-            "kwargs": nullable(_JSON_OBJECT),
-        },
-    },
     "Rerun": {"type": "object", "required": ["task_id", "rerun_of"],
               "properties": {"task_id": {"type": "string"}, "rerun_of": {"type": "string"}}},
-    "ProgressUpdate": {
-        "type": "object", "required": ["progress"], "additionalProperties": False,
-        "properties": {
-            "progress": {"type": "number", "minimum": 0, "maximum": 100},
-            "current_step": {"type": ["string", "null"], "maxLength": 1000},
-            "step_index": {"type": ["integer", "null"], "minimum": 0, "maximum": INT32},
-            "total_steps": {"type": ["integer", "null"], "minimum": 1, "maximum": INT32},
-            "message": {"type": ["string", "null"], "maxLength": 4000},
-        },
-    },
-    "StatusUpdate": {
-        "type": "object", "required": ["status"], "additionalProperties": False,
-        "properties": {
-            "status": {"type": "string", "enum": STATUSES},
-            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-            "current_step": {"type": ["string", "null"], "maxLength": 1000},
-            "error_type": {"type": ["string", "null"], "maxLength": 255},
-            "error_message": {"type": ["string", "null"], "maxLength": 10_000},
-            "result": {"x-max-bytes": MAX_JSON_BYTES},
-        },
-    },
-    "Complete": {"type": "object", "additionalProperties": False,
-                 "properties": {"result": {"x-max-bytes": MAX_JSON_BYTES}}},
-    "Fail": {"type": "object", "additionalProperties": False,
-             "properties": {"error_message": {"type": ["string", "null"], "maxLength": 10_000},
-                            "error_type": {"type": ["string", "null"], "maxLength": 255},
-                            "traceback": {"type": ["string", "null"], "maxLength": MAX_JSON_BYTES}}},
-    "Control": {"type": "object", "additionalProperties": False,
-                "properties": {"terminate": {"type": "boolean", "default": False}}},
     "ControlResult": {"type": "object", "required": ["task_id", "action", "accepted", "task"],
                       "properties": {"task_id": {"type": "string"}, "action": {"type": "string"},
                                      "accepted": {"type": "boolean"}, "task": ref("Task")}},
@@ -166,20 +85,6 @@ COMPONENTS: dict[str, Schema] = {
                            "context": {"type": "object"}, "traceback": {"type": ["string", "null"]},
                            "attachments": {"type": "array"}}},
     "LogPage": page_of(ref("Log")),
-    "LogIn": {
-        "type": "object", "required": ["message"], "additionalProperties": False,
-        "properties": {
-            "task_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
-            "user_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
-            "level": {"type": "string", "enum": LEVELS, "default": "INFO"},
-            "message": {"type": "string", "maxLength": MAX_JSON_BYTES},
-            "source": _OPT_TEXT, "context": nullable(_JSON_OBJECT),
-            "traceback": {"type": ["string", "null"], "maxLength": MAX_JSON_BYTES},
-            "attachments": {"type": ["array", "null"], "maxItems": 20, "items": _ATTACHMENT},
-        },
-    },
-    "LogBatch": {"type": "object", "required": ["logs"], "additionalProperties": False,
-                 "properties": {"logs": {"type": "array", "minItems": 1, "maxItems": 1000, "items": ref("LogIn")}}},
     "LogStats": {"type": "object", "required": ["total", "levels"],
                  "properties": {"total": {"type": "integer"},
                                 "levels": {"type": "object", "additionalProperties": {"type": "integer"}}}},
@@ -197,25 +102,6 @@ COMPONENTS: dict[str, Schema] = {
                        "delivery": {"type": "object"}, "metadata": {"type": "object"}},
     },
     "NotificationPage": page_of(ref("Notification")),
-    "NotificationIn": {
-        "type": "object", "required": ["title"], "additionalProperties": False,
-        "properties": {
-            "user_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
-            "title": {"type": "string", "minLength": 1, "maxLength": 500},
-            "message": {"type": ["string", "null"], "maxLength": 10_000},
-            "type": {"type": "string", "enum": ["info", "success", "warning", "error", "progress"], "default": "info"},
-            "priority": {"type": "string", "enum": ["urgent", "high", "normal", "low"], "default": "normal"},
-            "channels": {"type": "array", "minItems": 1, "maxItems": 4,
-                         "items": {"type": "string", "enum": ["websocket", "email", "slack", "webhook"]}},
-            "task_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
-            "action_url": {"type": ["string", "null"], "maxLength": 2000},
-            "metadata": nullable(_JSON_OBJECT),
-            "dedup_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 200},
-        },
-    },
-    "NotificationBatch": {"type": "object", "required": ["notifications"], "additionalProperties": False,
-                          "properties": {"notifications": {"type": "array", "minItems": 1, "maxItems": 100,
-                                                           "items": ref("NotificationIn")}}},
     "NotificationStats": {"type": "object", "required": ["total", "unread", "urgent", "high"],
                           "properties": {k: {"type": "integer"} for k in ("total", "unread", "urgent", "high")}},
     "Metric": {"type": "object", "required": ["name", "value", "unit", "labels", "task_id", "user_id", "ts"],
@@ -233,10 +119,6 @@ COMPONENTS: dict[str, Schema] = {
     },
     "Figure": {"type": "object", "required": ["data", "layout"],
                "properties": {"data": {"type": "array", "items": {"type": "object"}}, "layout": {"type": "object"}}},
-    "Widget": _WIDGET,
-    "DashboardIn": {"type": "object", "required": ["name"], "additionalProperties": False,
-                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
-                                   "widgets": {"type": "array", "maxItems": 24, "items": ref("Widget")}}},
     "Dashboard": {"type": "object", "required": ["id", "user_id", "name", "widgets", "created_at"],
                   "properties": {"id": {"type": "integer"}, "user_id": {"type": ["string", "null"]},
                                  "name": {"type": "string"}, "widgets": {"type": "array", "items": ref("Widget")},
@@ -253,142 +135,6 @@ COMPONENTS: dict[str, Schema] = {
                                           "error": {"anyOf": [_ERROR_BODY, {"type": "null"}]}}}}},
     },
 }
-
-
-# -- validation ----------------------------------------------------------------------------------------
-def check_text(value: str, where: str) -> str:
-    """PostgreSQL text cannot hold NUL and UTF-8 cannot hold lone surrogates: refuse both up front,
-    rather than have the batched writer drop the row later."""
-    if "\x00" in value:
-        raise SchemaError(f"{where}: text must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise SchemaError(f"{where}: text is not valid Unicode") from None
-    return value
-
-
-def _type_ok(t: str, value: Any) -> bool:
-    if t == "null":
-        return value is None
-    if t == "boolean":
-        return isinstance(value, bool)
-    if t == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and math.isfinite(value) and value.is_integer())
-    if t == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if t == "string":
-        return isinstance(value, str)
-    if t == "array":
-        return isinstance(value, list)
-    if t == "object":
-        return isinstance(value, dict)
-    raise AssertionError(f"unsupported schema type {t}")
-
-
-def _resolve(schema: Schema) -> Schema:
-    target = schema.get("$ref")
-    if target is None:
-        return schema
-    return COMPONENTS[target.rsplit("/", 1)[-1]]
-
-
-def _deep_text(value: Any, where: str) -> None:
-    if isinstance(value, str):
-        check_text(value, where)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_text(k, where)
-            _deep_text(v, f"{where}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _deep_text(v, f"{where}[{i}]")
-
-
-def validate(schema: Schema, value: Any, where: str = "body") -> Any:
-    """Return ``value`` checked against ``schema`` (integral floats become ints); raise SchemaError."""
-    schema = _resolve(schema)
-    if "anyOf" in schema:
-        errors = []
-        for option in schema["anyOf"]:
-            try:
-                return validate(option, value, where)
-            except SchemaError as exc:
-                errors.append(str(exc))
-        raise SchemaError(errors[0] if len(errors) == 1 else f"{where}: matches none of: " + "; ".join(errors))
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        matched = next((t for t in types if _type_ok(t, value)), None)
-        if matched is None:
-            raise SchemaError(f"{where}: expected {' or '.join(types)}, got {_kind(value)}")
-        if matched == "integer" and isinstance(value, float):
-            value = int(value)
-    if "enum" in schema and value not in schema["enum"]:
-        raise SchemaError(f"{where}: must be one of {', '.join(map(str, schema['enum']))}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            raise SchemaError(f"{where}: must be >= {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise SchemaError(f"{where}: must be <= {schema['maximum']}")
-    elif isinstance(value, str):
-        check_text(value, where)
-        if len(value) < schema.get("minLength", 0):
-            raise SchemaError(f"{where}: must not be empty" if schema["minLength"] == 1
-                              else f"{where}: must be at least {schema['minLength']} characters")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            raise SchemaError(f"{where}: must be at most {schema['maxLength']} characters")
-    elif isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            raise SchemaError(f"{where}: needs at least {schema['minItems']} items")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            raise SchemaError(f"{where}: at most {schema['maxItems']} items")
-        if "items" in schema:
-            value = [validate(schema["items"], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    elif isinstance(value, dict):
-        value = _validate_object(schema, value, where)
-    if "x-max-bytes" in schema and value is not None:
-        _deep_text(value, where)
-        if len(json.dumps(value, ensure_ascii=False).encode()) > schema["x-max-bytes"]:
-            raise SchemaError(f"{where}: at most {schema['x-max-bytes']} bytes of JSON")
-    return value
-
-
-def _validate_object(schema: Schema, value: dict[str, Any], where: str) -> dict[str, Any]:
-    props: dict[str, Schema] = schema.get("properties", {})
-    for name in schema.get("required", []):
-        if name not in value:
-            raise SchemaError(f"{where}: missing required field {name!r}")
-    if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-        raise SchemaError(f"{where}: at most {schema['maxProperties']} fields")
-    extra = schema.get("additionalProperties", True)
-    out: dict[str, Any] = {}
-    for key, v in value.items():
-        check_text(key, where)
-        if key in props:
-            out[key] = validate(props[key], v, f"{where}.{key}")
-        elif extra is False:
-            raise SchemaError(f"{where}: unknown field {key!r}")
-        elif isinstance(extra, dict):
-            out[key] = validate(extra, v, f"{where}.{key}")
-        else:
-            out[key] = v
-    return out
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else type(value).__name__
 
 
 # -- workers and queues ----------------------------------------------------------------------------

@@ -24,13 +24,6 @@ from tracker.records import LogRecord, MetricRecord, ProgressPoint, TaskRecord
 from tracker.redaction import redactor_for
 from tracker.status import ACTIVE, TERMINAL, Status
 from webgate.api.common import (
-    CURSOR,
-    LIMIT,
-    LOG_FILTERS,
-    TASK_FILTERS,
-    TASK_ID,
-    TEXT,
-    WHEN,
     Call,
     Endpoints,
     flush_writes,
@@ -41,6 +34,20 @@ from webgate.api.common import (
     task_filters,
     visible_task,
     when,
+)
+from webgate.api.models import (
+    Complete,
+    Control,
+    Fail,
+    ProgressUpdate,
+    StatusUpdate,
+    TaskCreate,
+    TaskFilters,
+    TaskList,
+    TaskLogs,
+    TaskMetricsQuery,
+    TaskPath,
+    TaskStats,
 )
 from webgate.api.schema import ref
 from webgate.core.db import fetch_all, fetch_one
@@ -72,8 +79,8 @@ def _writable(record: TaskRecord) -> None:
 
 # -- reads -------------------------------------------------------------------------------------------
 @routes.operation("GET", "/tasks", operation_id="listTasks", summary="List tasks, newest first", tag="tasks",
-           query={**TASK_FILTERS, "limit": LIMIT, "cursor": CURSOR}, ok=(200, "A page of tasks", ref("TaskPage")),
-           errors=(403,))
+                  query=TaskList, ok=(200, "A page of tasks", ref("TaskPage")),
+                  errors=(403,))
 async def list_tasks(call: Call) -> web.Response:
     filters = task_filters(call)
     n = call.query["limit"]
@@ -83,11 +90,9 @@ async def list_tasks(call: Call) -> web.Response:
 
 
 @routes.operation("GET", "/tasks/stats", operation_id="taskStats", tag="tasks",
-           summary="Counts by status, success rate, p50/p95 duration and throughput",
-           query={"since": WHEN, "until": WHEN, "user_id": TEXT,
-                  "group_by": {"type": "string", "enum": ["task_type", "user_id", "queue", "worker", "status", "none"],
-                               "default": "task_type"}},
-           ok=(200, "Statistics per group and overall", ref("Stats")), errors=(403,))
+                  summary="Counts by status, success rate, p50/p95 duration and throughput",
+                  query=TaskStats,
+                  ok=(200, "Statistics per group and overall", ref("Stats")), errors=(403,))
 async def task_stats(call: Call) -> web.Response:
     a = call.query
     user_id = scope_user(call, a.get("user_id"))
@@ -102,14 +107,14 @@ async def task_stats(call: Call) -> web.Response:
 
 
 @routes.operation("GET", "/tasks/{task_id}", operation_id="getTask", summary="One task", tag="tasks",
-           path_params=TASK_ID, ok=(200, "The task", ref("Task")), errors=(403, 404))
+                  path=TaskPath, ok=(200, "The task", ref("Task")), errors=(403, 404))
 async def get_task(call: Call) -> web.Response:
     return reply((await visible_task(call, call.path["task_id"])).to_dict())
 
 
 @routes.operation("GET", "/tasks/{task_id}/logs", operation_id="getTaskLogs", summary="Log lines of a task", tag="logs",
-           path_params=TASK_ID, query=LOG_FILTERS, ok=(200, "A page of log lines", ref("LogPage")),
-           errors=(403, 404))
+                  path=TaskPath, query=TaskLogs, ok=(200, "A page of log lines", ref("LogPage")),
+                  errors=(403, 404))
 async def task_logs(call: Call) -> web.Response:
     record = await visible_task(call, call.path["task_id"])
     n = call.query["limit"]
@@ -119,8 +124,8 @@ async def task_logs(call: Call) -> web.Response:
 
 
 @routes.operation("DELETE", "/tasks/{task_id}/logs", operation_id="deleteTaskLogs", summary="Delete a task's log lines",
-           tag="logs", path_params=TASK_ID, ok=(200, "How many lines were deleted", ref("Deleted")),
-           errors=(403, 404))
+                  tag="logs", path=TaskPath, ok=(200, "How many lines were deleted", ref("Deleted")),
+                  errors=(403, 404))
 async def delete_task_logs(call: Call) -> web.Response:
     record = await visible_task(call, call.path["task_id"])
     await flush_writes(call.app)
@@ -130,8 +135,8 @@ async def delete_task_logs(call: Call) -> web.Response:
 
 
 @routes.operation("GET", "/tasks/{task_id}/progress", operation_id="getTaskProgress", tag="tasks",
-           summary="Progress history of a task (oldest first)", path_params=TASK_ID,
-           ok=(200, "Every progress value the task reported", ref("ProgressPage")), errors=(403, 404))
+                  summary="Progress history of a task (oldest first)", path=TaskPath,
+                  ok=(200, "Every progress value the task reported", ref("ProgressPage")), errors=(403, 404))
 async def task_progress(call: Call) -> web.Response:
     record = await visible_task(call, call.path["task_id"])
     rows = await fetch_all(call.app, q.progress_history(record.task_id))
@@ -139,8 +144,8 @@ async def task_progress(call: Call) -> web.Response:
 
 
 @routes.operation("GET", "/tasks/{task_id}/metrics", operation_id="getTaskMetrics", tag="metrics",
-           summary="Metric samples recorded for a task (oldest first)", path_params=TASK_ID,
-           query={"name": TEXT, "limit": LIMIT}, ok=(200, "Metric samples", ref("MetricPage")), errors=(403, 404))
+                  summary="Metric samples recorded for a task (oldest first)", path=TaskPath,
+                  query=TaskMetricsQuery, ok=(200, "Metric samples", ref("MetricPage")), errors=(403, 404))
 async def task_metrics(call: Call) -> web.Response:
     record = await visible_task(call, call.path["task_id"])
     rows = await fetch_all(call.app, q.task_metrics(record.task_id, call.query.get("name"), call.query["limit"]))
@@ -149,10 +154,10 @@ async def task_metrics(call: Call) -> web.Response:
 
 # -- writes for non-Celery producers -------------------------------------------------------------------
 @routes.operation("POST", "/tasks", operation_id="createTask", tag="tasks",
-           summary="Record a task that does not run on Celery (admin)", body=ref("TaskCreate"),
-           ok=(201, "The task as stored", ref("Task")),
-           extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
-           errors=(403, 409))
+                  summary="Record a task that does not run on Celery (admin)", body=TaskCreate,
+                  ok=(201, "The task as stored", ref("Task")),
+                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  errors=(403, 409))
 async def create_task(call: Call) -> web.Response:
     if not call.principal.admin:
         raise json_error(403, "forbidden", "creating tasks needs an admin token")
@@ -201,10 +206,10 @@ def _eta(record: TaskRecord, pct: float, now: float) -> float | None:
 
 
 @routes.operation("PATCH", "/tasks/{task_id}/progress", operation_id="updateProgress", tag="tasks",
-           summary="Report progress of a non-Celery task (owner or admin)", path_params=TASK_ID,
-           body=ref("ProgressUpdate"), body_required=True, ok=(200, "The task as stored", ref("Task")),
-           extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
-           errors=(403, 404, 409))
+                  summary="Report progress of a non-Celery task (owner or admin)", path=TaskPath,
+                  body=ProgressUpdate, body_required=True, ok=(200, "The task as stored", ref("Task")),
+                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  errors=(403, 404, 409))
 async def update_progress(call: Call) -> web.Response:
     record = await visible_task(call, call.path["task_id"])
     _writable(record)
@@ -236,10 +241,10 @@ def _status_fields(record: TaskRecord, st: Status, b: dict[str, Any], now: float
 
 
 @routes.operation("PATCH", "/tasks/{task_id}/status", operation_id="updateStatus", tag="tasks",
-           summary="Change the status of a non-Celery task (owner or admin)", path_params=TASK_ID,
-           body=ref("StatusUpdate"), body_required=True, ok=(200, "The task as stored", ref("Task")),
-           extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
-           errors=(403, 404, 409))
+                  summary="Change the status of a non-Celery task (owner or admin)", path=TaskPath,
+                  body=StatusUpdate, body_required=True, ok=(200, "The task as stored", ref("Task")),
+                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  errors=(403, 404, 409))
 async def update_status(call: Call) -> web.Response:
     record = await visible_task(call, call.path["task_id"])
     _writable(record)
@@ -252,32 +257,31 @@ async def update_status(call: Call) -> web.Response:
 
 
 @routes.operation("POST", "/tasks/{task_id}/complete", operation_id="completeTask", tag="tasks",
-           summary="Mark a non-Celery task completed (owner or admin)", path_params=TASK_ID, body=ref("Complete"),
-           ok=(200, "The task as stored", ref("Task")),
-           extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
-           errors=(403, 404, 409))
+                  summary="Mark a non-Celery task completed (owner or admin)", path=TaskPath, body=Complete,
+                  ok=(200, "The task as stored", ref("Task")),
+                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  errors=(403, 404, 409))
 async def complete_task(call: Call) -> web.Response:
-    record = await visible_task(call, call.path["task_id"])
-    _writable(record)
-    now = time.time()
-    fields = _status_fields(record, Status.COMPLETED, {"result": call.body.get("result")}, now)
-    call.app[REPORTER].status(record.task_id, "completed", user_id=record.user_id, ts=now, **fields)
-    return await _after_write(call, record.task_id, record)
+    return await _finish(call, Status.COMPLETED, {"result": call.body.get("result")})
 
 
 @routes.operation("POST", "/tasks/{task_id}/fail", operation_id="failTask", tag="tasks",
-           summary="Mark a non-Celery task failed (owner or admin)", path_params=TASK_ID, body=ref("Fail"),
-           ok=(200, "The task as stored", ref("Task")),
-           extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
-           errors=(403, 404, 409))
+                  summary="Mark a non-Celery task failed (owner or admin)", path=TaskPath, body=Fail,
+                  ok=(200, "The task as stored", ref("Task")),
+                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  errors=(403, 404, 409))
 async def fail_task(call: Call) -> web.Response:
+    extra = {"traceback": call.body["traceback"]} if call.body.get("traceback") else {}
+    return await _finish(call, Status.FAILED, call.body, **extra)
+
+
+async def _finish(call: Call, st: Status, body: dict[str, Any], **extra: Any) -> web.Response:
+    """Complete or fail a non-Celery task with the fields of ``body``."""
     record = await visible_task(call, call.path["task_id"])
     _writable(record)
     now = time.time()
-    fields = _status_fields(record, Status.FAILED, call.body, now)
-    if call.body.get("traceback"):
-        fields["traceback"] = call.body["traceback"]
-    call.app[REPORTER].status(record.task_id, "failed", user_id=record.user_id, ts=now, **fields)
+    fields = {**_status_fields(record, st, body, now), **extra}
+    call.app[REPORTER].status(record.task_id, st.value, user_id=record.user_id, ts=now, **fields)
     return await _after_write(call, record.task_id, record)
 
 
@@ -301,29 +305,30 @@ _CONTROL_OK = (200, "The request was recorded; a running task acts on it at its 
 
 
 @routes.operation("POST", "/tasks/{task_id}/pause", operation_id="pauseTask", tag="control",
-           summary="Pause a running TrackedTask at its next checkpoint (owner or admin)", path_params=TASK_ID,
-           ok=_CONTROL_OK, errors=(403, 404, 409))
+                  summary="Pause a running TrackedTask at its next checkpoint (owner or admin)", path=TaskPath,
+                  ok=_CONTROL_OK, errors=(403, 404, 409))
 async def pause_task(call: Call) -> web.Response:
     return await _control(call, "pause")
 
 
 @routes.operation("POST", "/tasks/{task_id}/resume", operation_id="resumeTask", tag="control",
-           summary="Resume a paused task (owner or admin)", path_params=TASK_ID, ok=_CONTROL_OK,
-           errors=(403, 404, 409))
+                  summary="Resume a paused task (owner or admin)", path=TaskPath, ok=_CONTROL_OK,
+                  errors=(403, 404, 409))
 async def resume_task(call: Call) -> web.Response:
     return await _control(call, "resume")
 
 
 @routes.operation("POST", "/tasks/{task_id}/cancel", operation_id="cancelTask", tag="control",
-           summary="Cancel a task: a queued one never runs, a running one stops (owner or admin)",
-           path_params=TASK_ID, body=ref("Control"), ok=_CONTROL_OK, errors=(403, 404, 409))
+                  summary="Cancel a task: a queued one never runs, a running one stops (owner or admin)",
+                  path=TaskPath, body=Control, ok=_CONTROL_OK, errors=(403, 404, 409))
 async def cancel_task(call: Call) -> web.Response:
     return await _control(call, "cancel")
 
 
 @routes.operation("DELETE", "/tasks/{task_id}", operation_id="deleteTask", tag="tasks",
-           summary="Delete a finished or pending task with its progress history, logs and metrics (owner or admin)",
-           path_params=TASK_ID, ok=(204, "Deleted", None), errors=(403, 404, 409))
+                  summary="Delete a finished or pending task with its progress history, logs and metrics "
+                          "(owner or admin)",
+                  path=TaskPath, ok=(204, "Deleted", None), errors=(403, 404, 409))
 async def delete_task(call: Call) -> web.Response:
     record = await visible_task(call, call.path["task_id"])
     if Status(record.status) in ACTIVE:
@@ -398,14 +403,14 @@ async def _stream_export(call: Call, fmt: str, write_timeout: float) -> web.Stre
 
 
 @routes.operation("GET", "/export/tasks.csv", operation_id="exportTasksCsv", tag="export",
-           summary="All matching tasks as CSV (streamed)", query=TASK_FILTERS,
-           ok=(200, "CSV with a header row", {"type": "string"}, "text/csv"), errors=(403, 429))
+                  summary="All matching tasks as CSV (streamed)", query=TaskFilters,
+                  ok=(200, "CSV with a header row", {"type": "string"}, "text/csv"), errors=(403, 429))
 async def export_csv(call: Call) -> web.StreamResponse:
     return await _export(call, "csv")
 
 
 @routes.operation("GET", "/export/tasks.json", operation_id="exportTasksJson", tag="export",
-           summary="All matching tasks as a JSON array (streamed)", query=TASK_FILTERS,
-           ok=(200, "JSON array of tasks", {"type": "array", "items": ref("Task")}), errors=(403, 429))
+                  summary="All matching tasks as a JSON array (streamed)", query=TaskFilters,
+                  ok=(200, "JSON array of tasks", {"type": "array", "items": ref("Task")}), errors=(403, 429))
 async def export_json(call: Call) -> web.StreamResponse:
     return await _export(call, "json")

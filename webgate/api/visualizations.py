@@ -18,14 +18,12 @@ from aiohttp import web
 from tracker import queries as q
 from tracker.records import ProgressPoint
 from webgate.api.common import (
-    CURSOR,
-    LIMIT,
-    TEXT,
-    WHEN,
     Call,
     Endpoints,
+    SchemaError,
     check_range,
     no_content,
+    owned_row,
     parse_params,
     plotly_layout,
     reply,
@@ -33,11 +31,11 @@ from webgate.api.common import (
     visible_task,
     when,
 )
-from webgate.api.schema import CHARTS, STATUSES, SchemaError, ref
-from webgate.core.db import execute, fetch_all, fetch_one
-from webgate.core.errors import json_error
+from webgate.api.models import CHART_QUERIES, CHARTS, STATUSES, DashboardIn, DashboardList, DashboardPath
+from webgate.api.schema import ref
+from webgate.core.db import execute, fetch_all
 
-__all__ = ["routes", "CHART_PARAMS", "render_chart", "STATUS_COLORS"]
+__all__ = ["routes", "render_chart", "STATUS_COLORS"]
 
 routes = Endpoints()
 
@@ -46,27 +44,6 @@ Figure = dict[str, Any]
 STATUS_COLORS = {"pending": "#94a3b8", "running": "#3b82f6", "paused": "#f59e0b", "completed": "#22c55e",
                  "failed": "#ef4444", "cancelled": "#6b7280"}
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-_BUCKET = {"type": "string", "maxLength": 16, "default": "5m", "description": "Bucket width such as 1m, 5m, 1h, 1d"}
-
-CHART_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
-    "progress-chart": {
-        "task_id": {"type": "string", "minLength": 1, "maxLength": 255, "x-required": True},
-        "chart": {"type": "string", "enum": ["line", "area", "scatter", "gauge"], "default": "line"},
-    },
-    "status-distribution": {
-        "since": WHEN, "until": WHEN, "task_type": TEXT, "user_id": TEXT,
-        "chart": {"type": "string", "enum": ["pie", "bar"], "default": "pie"},
-    },
-    "performance-metrics": {
-        "since": {**WHEN, "default": "-24h"}, "until": WHEN, "bucket": _BUCKET, "task_type": TEXT, "user_id": TEXT,
-    },
-    "activity-heatmap": {
-        "since": {**WHEN, "default": "-30d"}, "until": WHEN, "task_type": TEXT, "user_id": TEXT,
-        "utc_offset": {"type": "integer", "minimum": -840, "maximum": 840, "default": 0,
-                       "description": "Minutes east of UTC for the weekday/hour of each task"},
-    },
-}
-
 
 # -- figures ----------------------------------------------------------------------------------------------
 async def progress_chart(call: Call, a: dict[str, Any]) -> Figure:
@@ -178,18 +155,8 @@ async def render_chart(call: Call, kind: str, params: dict[str, Any]) -> Figure:
     return await _BUILDERS[kind](call, params)
 
 
-def _body_schema(spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    props = {k: {x: y for x, y in v.items() if x != "x-required"} for k, v in spec.items()}
-    return {"type": "object", "additionalProperties": False, "properties": props,
-            "required": [k for k, v in spec.items() if v.get("x-required")]}
-
-
-def _with_defaults(spec: dict[str, dict[str, Any]], body: dict[str, Any]) -> dict[str, Any]:
-    return {k: body.get(k, v.get("default")) for k, v in spec.items()}
-
-
 def _register_chart(kind: str) -> None:
-    spec = CHART_PARAMS[kind]
+    model = CHART_QUERIES[kind]
     summary = {"progress-chart": "Progress history of a task", "status-distribution": "Tasks by status",
                "performance-metrics": "Success rate, p50/p95 duration and throughput over time by task type",
                "activity-heatmap": "Tasks created by weekday and hour"}[kind]
@@ -200,13 +167,14 @@ def _register_chart(kind: str) -> None:
         return reply(await render_chart(call, kind, call.query))
 
     async def post(call: Call) -> web.Response:
-        return reply(await render_chart(call, kind, _with_defaults(spec, call.body)))
+        # The body holds the fields sent: the model adds the defaults of the rest.
+        return reply(await render_chart(call, kind, model.model_validate(call.body).model_dump()))
 
     ok = (200, "Plotly figure JSON", ref("Figure"))
     routes.operation("GET", f"/visualizations/{kind}", operation_id=f"get{camel}", summary=summary,
-                     tag="visualizations", query=spec, ok=ok, errors=errors)(get)
+                     tag="visualizations", query=model, ok=ok, errors=errors)(get)
     routes.operation("POST", f"/visualizations/{kind}", operation_id=f"post{camel}",
-                     summary=summary + " (JSON body)", tag="visualizations", body=_body_schema(spec), ok=ok,
+                     summary=summary + " (JSON body)", tag="visualizations", body=model, ok=ok,
                      errors=errors)(post)
 
 
@@ -221,7 +189,7 @@ def _check_widgets(widgets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, w in enumerate(widgets):
         params = {k: _text(v) for k, v in (w.get("params") or {}).items() if v is not None}
         try:
-            parse_params(params, CHART_PARAMS[w["type"]])
+            parse_params(params, CHART_QUERIES[w["type"]])
         except SchemaError as exc:
             raise SchemaError(f"widgets[{i}]: {exc}") from None
         out.append({"type": w["type"], "title": w.get("title"), "params": w.get("params") or {}})
@@ -234,7 +202,6 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-_DASHBOARD_ID = {"dashboard_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}
 
 
 async def _create_dashboard(call: Call) -> web.Response:
@@ -245,11 +212,7 @@ async def _create_dashboard(call: Call) -> web.Response:
 
 async def _visible_dashboard(call: Call) -> dict[str, Any]:
     did = call.path["dashboard_id"]
-    row = await fetch_one(call.app, q.dashboard_by_id(did))
-    if row is None:
-        raise json_error(404, "not_found", f"no dashboard {did}")
-    if not call.principal.can_see_user(row.user_id):
-        raise json_error(403, "forbidden", "this dashboard belongs to another user")
+    row = await owned_row(call, q.dashboard_by_id(did), "dashboard", did)
     return dict(row._mapping)
 
 
@@ -259,8 +222,8 @@ async def _render_dashboard(call: Call) -> web.Response:
     for w in board["widgets"]:
         entry: dict[str, Any] = {"type": w.get("type"), "title": w.get("title"), "figure": None, "error": None}
         try:
-            spec = CHART_PARAMS[w["type"]]
-            params = parse_params({k: _text(v) for k, v in (w.get("params") or {}).items() if v is not None}, spec)
+            params = parse_params({k: _text(v) for k, v in (w.get("params") or {}).items() if v is not None},
+                                  CHART_QUERIES[w["type"]])
             entry["figure"] = await render_chart(call, w["type"], params)
         except web.HTTPException as exc:  # e.g. the widget's task was deleted: show why, render the rest
             entry["error"] = {"code": str(exc.status), "message": exc.text or exc.reason}
@@ -274,17 +237,17 @@ _DASHBOARD_OK = (201, "The saved dashboard", ref("Dashboard"))
 _VIEW_OK = (200, "The dashboard with each widget's figure", ref("DashboardView"))
 
 routes.operation("POST", "/visualizations/dashboards", operation_id="createDashboard", tag="visualizations",
-                 summary="Save a dashboard of chart widgets", body=ref("DashboardIn"), body_required=True,
+                 summary="Save a dashboard of chart widgets", body=DashboardIn, body_required=True,
                  ok=_DASHBOARD_OK)(_create_dashboard)
 routes.operation("POST", "/visualizations/dashboard", operation_id="createDashboardSeed", tag="visualizations",
-                 summary="Save a dashboard (the seeds' path)", body=ref("DashboardIn"), body_required=True,
+                 summary="Save a dashboard (the seeds' path)", body=DashboardIn, body_required=True,
                  ok=_DASHBOARD_OK)(_create_dashboard)
 
 
 @routes.operation("GET", "/visualizations/dashboards", operation_id="listDashboards", tag="visualizations",
-           summary="Saved dashboards, newest first (admins: everyone's, or user_id's)",
-           query={"user_id": TEXT, "limit": LIMIT, "cursor": CURSOR},
-           ok=(200, "A page of dashboards", ref("DashboardPage")), errors=(403,))
+                  summary="Saved dashboards, newest first (admins: everyone's, or user_id's)",
+                  query=DashboardList,
+                  ok=(200, "A page of dashboards", ref("DashboardPage")), errors=(403,))
 async def list_dashboards(call: Call) -> web.Response:
     n = call.query["limit"]
     rows = await fetch_all(call.app, q.dashboards(scope_user(call, call.query.get("user_id")), n,
@@ -295,15 +258,15 @@ async def list_dashboards(call: Call) -> web.Response:
 
 routes.operation("GET", "/visualizations/dashboards/{dashboard_id}", operation_id="getDashboard",
                  tag="visualizations", summary="A saved dashboard with its figures rendered",
-                 path_params=_DASHBOARD_ID, ok=_VIEW_OK, errors=(403, 404))(_render_dashboard)
+                 path=DashboardPath, ok=_VIEW_OK, errors=(403, 404))(_render_dashboard)
 routes.operation("GET", "/visualizations/dashboard/{dashboard_id}", operation_id="getDashboardSeed",
                  tag="visualizations", summary="A saved dashboard with its figures rendered (the seeds' path)",
-                 path_params=_DASHBOARD_ID, ok=_VIEW_OK, errors=(403, 404))(_render_dashboard)
+                 path=DashboardPath, ok=_VIEW_OK, errors=(403, 404))(_render_dashboard)
 
 
 @routes.operation("DELETE", "/visualizations/dashboards/{dashboard_id}", operation_id="deleteDashboard",
-           tag="visualizations", summary="Delete a saved dashboard", path_params=_DASHBOARD_ID,
-           ok=(204, "Deleted", None), errors=(403, 404))
+                  tag="visualizations", summary="Delete a saved dashboard", path=DashboardPath,
+                  ok=(204, "Deleted", None), errors=(403, 404))
 async def delete_dashboard(call: Call) -> web.Response:
     board = await _visible_dashboard(call)
     await execute(call.app, q.delete_dashboard(board["id"]))

@@ -8,7 +8,8 @@ from aiohttp import web
 
 from tracker import queries as q
 from tracker.records import WorkerRecord
-from webgate.api.common import MAX_BUCKETS, WHEN, Call, Endpoints, check_range, plotly_layout, reply, when
+from webgate.api.common import MAX_BUCKETS, Call, Endpoints, check_range, plotly_layout, reply, when
+from webgate.api.models import HostnamePath, QueueChartQuery, WorkerQuery
 from webgate.api.schema import ref
 from webgate.core.db import fetch_all
 from webgate.core.errors import json_error
@@ -19,8 +20,6 @@ __all__ = ["routes"]
 
 routes = Endpoints()
 
-_HOSTNAME = {"hostname": {"type": "string", "minLength": 1, "maxLength": 255}}
-_STATUS = {"status": {"type": "string", "enum": ["online", "offline"]}}
 
 
 def _admin(call: Call) -> None:
@@ -28,17 +27,18 @@ def _admin(call: Call) -> None:
         raise json_error(403, "forbidden", "workers and queues need an admin token")
 
 
-@routes.operation("GET", "/workers", operation_id="listWorkers", tag="workers", query=_STATUS,
-           summary="Celery workers, online first, with their load and running tasks (admin)",
-           ok=(200, "Workers", ref("WorkerList")), errors=(403,))
+@routes.operation("GET", "/workers", operation_id="listWorkers", tag="workers", query=WorkerQuery,
+                  summary="Celery workers, online first, with their load and running tasks (admin)",
+                  ok=(200, "Workers", ref("WorkerList")), errors=(403,))
 async def list_workers(call: Call) -> web.Response:
     _admin(call)
     rows = await fetch_all(call.app, q.workers(call.app[CONFIG].worker_lost_after, status=call.query["status"]))
     return reply({"items": [WorkerRecord.from_row(r).to_dict() for r in rows]})
 
 
-@routes.operation("GET", "/workers/{hostname}", operation_id="getWorker", tag="workers", path_params=_HOSTNAME,
-           summary="One worker by its node name (admin)", ok=(200, "The worker", ref("Worker")), errors=(403, 404))
+@routes.operation("GET", "/workers/{hostname}", operation_id="getWorker", tag="workers", path=HostnamePath,
+                  summary="One worker by its node name (admin)", ok=(200, "The worker", ref("Worker")),
+                  errors=(403, 404))
 async def get_worker(call: Call) -> web.Response:
     _admin(call)
     hostname = call.path["hostname"]
@@ -49,23 +49,18 @@ async def get_worker(call: Call) -> web.Response:
 
 
 @routes.operation("GET", "/queues", operation_id="listQueues", tag="workers",
-           summary="Broker queues: messages waiting, consumers, oldest message age (admin)",
-           description="Sampled by the gateway every tracker_queue_sample_interval seconds from the broker of "
+                  summary="Broker queues: messages waiting, consumers, oldest message age (admin)",
+                  description="Sampled by the gateway every tracker_queue_sample_interval seconds from the broker of "
                        "its Celery app; the series is the metric tracker.queue.depth (label queue).",
-           ok=(200, "Queues as last sampled", ref("QueueList")), errors=(403,))
+                  ok=(200, "Queues as last sampled", ref("QueueList")), errors=(403,))
 async def list_queues(call: Call) -> web.Response:
     _admin(call)
     return reply(call.app[QUEUE_SAMPLER].report().to_dict())
 
 
-_CHART_QUERY = {"since": {**WHEN, "default": "-1h"}, "until": WHEN,
-                "bucket": {"type": "string", "maxLength": 16, "default": "1m",
-                           "description": "Bucket width such as 10s, 1m, 5m"}}
-
-
-@routes.operation("GET", "/queues/depth-chart", operation_id="queueDepthChart", tag="workers", query=_CHART_QUERY,
-           summary="Plotly figure: depth of each queue over time, the largest sample per bucket (admin)",
-           ok=(200, "Plotly figure", ref("Figure")), errors=(403,))
+@routes.operation("GET", "/queues/depth-chart", operation_id="queueDepthChart", tag="workers", query=QueueChartQuery,
+                  summary="Plotly figure: depth of each queue over time, the largest sample per bucket (admin)",
+                  ok=(200, "Plotly figure", ref("Figure")), errors=(403,))
 async def queue_depth_chart(call: Call) -> web.Response:
     _admin(call)
     a = call.query
