@@ -31,9 +31,11 @@ ABOVE_DATA = ("tracker.cli", "tracker.demo", "tracker.testing")
 #: What the data layer must never import.
 FORBIDDEN_FOR_DATA = (*ABOVE_DATA, "signals", "webgate", "examples")
 
-#: The REST package and its modules that are not endpoint modules (the leaf, the schemas, the factory).
+#: The REST package and its modules that are not endpoint modules (the leaf, the request models, the
+#: replies' schemas, the factory).
 API_PACKAGE = "webgate.api"
-API_SHARED = frozenset({"webgate.api", "webgate.api.common", "webgate.api.schema", "webgate.api.factory"})
+API_SHARED = frozenset({"webgate.api", "webgate.api.common", "webgate.api.models", "webgate.api.schema",
+                        "webgate.api.factory"})
 
 
 def project_sources(root: Path = ROOT) -> dict[str, str]:
