@@ -26,6 +26,7 @@ from tracker.status import ACTIVE, TERMINAL, Status
 from webgate.api.common import (
     Call,
     Endpoints,
+    Reply,
     flush_writes,
     log_query,
     no_content,
@@ -72,9 +73,17 @@ async def _after_write(call: Call, task_id: str, fallback: TaskRecord, status: i
     return reply(fallback.to_dict(), 202)
 
 
-def _writable(record: TaskRecord) -> None:
+async def _writable_task(call: Call) -> TaskRecord:
+    """The task of the path if the caller may change it: 404, 403, or 409 once it has finished."""
+    record = await visible_task(call, call.path["task_id"])
     if Status(record.status) in TERMINAL:
         raise json_error(409, "conflict", f"task already {record.status}")
+    return record
+
+
+#: The replies of a write: the task as stored, or as sent when the store has not caught up.
+_STORED = (200, "The task as stored", ref("Task"))
+_LAGGING: list[Reply] = [(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")]
 
 
 # -- reads -------------------------------------------------------------------------------------------
@@ -155,9 +164,7 @@ async def task_metrics(call: Call) -> web.Response:
 # -- writes for non-Celery producers -------------------------------------------------------------------
 @routes.operation("POST", "/tasks", operation_id="createTask", tag="tasks",
                   summary="Record a task that does not run on Celery (admin)", body=TaskCreate,
-                  ok=(201, "The task as stored", ref("Task")),
-                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
-                  errors=(403, 409))
+                  ok=(201, "The task as stored", ref("Task")), extra=_LAGGING, errors=(403, 409))
 async def create_task(call: Call) -> web.Response:
     if not call.principal.admin:
         raise json_error(403, "forbidden", "creating tasks needs an admin token")
@@ -207,12 +214,10 @@ def _eta(record: TaskRecord, pct: float, now: float) -> float | None:
 
 @routes.operation("PATCH", "/tasks/{task_id}/progress", operation_id="updateProgress", tag="tasks",
                   summary="Report progress of a non-Celery task (owner or admin)", path=TaskPath,
-                  body=ProgressUpdate, body_required=True, ok=(200, "The task as stored", ref("Task")),
-                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  body=ProgressUpdate, body_required=True, ok=_STORED, extra=_LAGGING,
                   errors=(403, 404, 409))
 async def update_progress(call: Call) -> web.Response:
-    record = await visible_task(call, call.path["task_id"])
-    _writable(record)
+    record = await _writable_task(call)
     b = call.body
     pct = float(b["progress"])
     now = time.time()
@@ -242,12 +247,10 @@ def _status_fields(record: TaskRecord, st: Status, b: dict[str, Any], now: float
 
 @routes.operation("PATCH", "/tasks/{task_id}/status", operation_id="updateStatus", tag="tasks",
                   summary="Change the status of a non-Celery task (owner or admin)", path=TaskPath,
-                  body=StatusUpdate, body_required=True, ok=(200, "The task as stored", ref("Task")),
-                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  body=StatusUpdate, body_required=True, ok=_STORED, extra=_LAGGING,
                   errors=(403, 404, 409))
 async def update_status(call: Call) -> web.Response:
-    record = await visible_task(call, call.path["task_id"])
-    _writable(record)
+    record = await _writable_task(call)
     st = Status(call.body["status"])
     now = time.time()
     fields = _status_fields(record, st, call.body, now)
@@ -258,8 +261,7 @@ async def update_status(call: Call) -> web.Response:
 
 @routes.operation("POST", "/tasks/{task_id}/complete", operation_id="completeTask", tag="tasks",
                   summary="Mark a non-Celery task completed (owner or admin)", path=TaskPath, body=Complete,
-                  ok=(200, "The task as stored", ref("Task")),
-                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  ok=_STORED, extra=_LAGGING,
                   errors=(403, 404, 409))
 async def complete_task(call: Call) -> web.Response:
     return await _finish(call, Status.COMPLETED, {"result": call.body.get("result")})
@@ -267,8 +269,7 @@ async def complete_task(call: Call) -> web.Response:
 
 @routes.operation("POST", "/tasks/{task_id}/fail", operation_id="failTask", tag="tasks",
                   summary="Mark a non-Celery task failed (owner or admin)", path=TaskPath, body=Fail,
-                  ok=(200, "The task as stored", ref("Task")),
-                  extra=[(202, "Accepted; the store has not committed it yet", ref("Task"), "application/json")],
+                  ok=_STORED, extra=_LAGGING,
                   errors=(403, 404, 409))
 async def fail_task(call: Call) -> web.Response:
     extra = {"traceback": call.body["traceback"]} if call.body.get("traceback") else {}
@@ -277,8 +278,7 @@ async def fail_task(call: Call) -> web.Response:
 
 async def _finish(call: Call, st: Status, body: dict[str, Any], **extra: Any) -> web.Response:
     """Complete or fail a non-Celery task with the fields of ``body``."""
-    record = await visible_task(call, call.path["task_id"])
-    _writable(record)
+    record = await _writable_task(call)
     now = time.time()
     fields = {**_status_fields(record, st, body, now), **extra}
     call.app[REPORTER].status(record.task_id, st.value, user_id=record.user_id, ts=now, **fields)
