@@ -202,6 +202,16 @@ def _recorded(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _variants() -> list[str]:
+    """``BENCH_OVERHEAD_VARIANTS`` (``cores``, ``pinned`` or both, comma-separated); default both
+    (pinned needs two CPUs)."""
+    wanted = os.environ.get("BENCH_OVERHEAD_VARIANTS", "cores,pinned").replace(" ", "").split(",")
+    labels = ["2 cores"] if "cores" in wanted else []
+    if "pinned" in wanted and (os.cpu_count() or 1) >= 2:
+        labels.append("pinned")
+    return labels
+
+
 def run(servers: Servers) -> list[Result]:
     n = size("overhead_tasks", 3000, 300)
     rounds = size("rounds", 5, 2)
@@ -230,7 +240,7 @@ def run(servers: Servers) -> list[Result]:
             # Warm-up: pool processes import and connect, writer threads start, Flower sees the worker.
             for mode in MODES:
                 _round(rig, mode, min(n, 300), pinned=False)
-            labels = ["2 cores"] + (["pinned"] if (os.cpu_count() or 1) >= 2 else [])
+            labels = _variants()
             for label in labels:
                 res, ledgers[label] = _variant(rig, label, n, rounds)
                 results.extend(res)
