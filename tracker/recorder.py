@@ -167,21 +167,38 @@ def _subset(columns: list[list[Any]], keep: list[int]) -> list[list[Any]]:
     return [[col[k] for k in keep] for col in columns]
 
 
+def _apply(cur: psycopg.Cursor[Any], statement: str, columns: list[list[Any]]) -> list[list[Any]] | None:
+    """Run :data:`_UPDATE` or :data:`_INSERT` on column arrays; the columns of the rows it did
+    not touch (by the ids it returns), or None when it touched them all."""
+    cur.execute(statement, columns)
+    touched = {r[0] for r in cur.fetchall()}
+    ids = columns[0]
+    if len(touched) == len(ids):
+        return None
+    return columns if not touched else _subset(columns, [k for k, i in enumerate(ids) if i not in touched])
+
+
 def _write_tasks(cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]]) -> None:
-    """Merge a batch of task states into ``tracker_tasks``: one UPDATE of the rows that exist
-    (a worker's batch: the producer created them), one INSERT of the rest (a producer's batch);
-    a row another writer created between the two is updated at last, so nothing is lost."""
+    """Merge a batch of task states into ``tracker_tasks`` with as few row versions as possible.
+
+    A worker's batch updates rows the producer created: UPDATE first, INSERT what was missing.
+    A producer's batch (its first state is a publisher's pending, ``status_ts`` 0) creates rows:
+    INSERT first, UPDATE what existed. A row another writer created between the two statements
+    is updated last (``ON CONFLICT`` waited for that writer's commit), so nothing is lost.
+    """
     ids = list(tasks)
     columns = _task_columns(ids, tasks)
-    cur.execute(_UPDATE, columns)
-    found = {r[0] for r in cur.fetchall()}
-    if len(found) == len(ids):
+    first = tasks[ids[0]]
+    if first.get("status_ts") == 0.0 and first.get("published_at") is not None:
+        rest = _apply(cur, _INSERT, columns)
+        if rest is not None:
+            cur.execute(_UPDATE, rest)
         return
-    rest = columns if not found else _subset(columns, [k for k, i in enumerate(ids) if i not in found])
-    cur.execute(_INSERT, rest)
-    inserted = {r[0] for r in cur.fetchall()}
-    if len(inserted) < len(rest[0]):
-        cur.execute(_UPDATE, _subset(rest, [k for k, i in enumerate(rest[0]) if i not in inserted]))
+    rest = _apply(cur, _UPDATE, columns)
+    if rest is not None:
+        rest = _apply(cur, _INSERT, rest)
+        if rest is not None:
+            cur.execute(_UPDATE, rest)
 
 
 class Float8Array(list[float]):
