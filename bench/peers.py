@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.workers import ROOT
-from tracker.services import free_port
+from tracker.demo.services import free_port
 
 __all__ = ["Service", "start_gateway", "start_flower"]
 
