@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -27,6 +28,8 @@ def _fmt(v: float | None) -> str:
 
 
 def main(argv: list[str]) -> int:
+    # SIGTERM unwinds like Ctrl-C, so the servers, workers and gateways started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     wanted = [m for m in MODULES if not argv or m.split(".")[-1] in argv]
     results: list[Result] = []
     failed: list[str] = []

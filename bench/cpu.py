@@ -1,52 +1,89 @@
-"""CPU seconds used by the processes a benchmark involves: a worker's tree, PostgreSQL, Redis.
+"""CPU seconds used by the process groups a benchmark involves, and CPU pinning.
 
-Throughput alone says *that* tracking costs something; the split says *where* (the worker's
-own hooks and writer threads, or the servers' work on what they send).
+Throughput alone says *that* tracking costs something; the ledger says *where*: the
+producer, the worker's main process, its pool processes, PostgreSQL, Redis, the gateway (or
+Flower). A group's figure is the CPU of every live process of its tree plus what its members
+have reaped (``children_user``/``children_system``), so a PostgreSQL backend that exits during
+the timed part (a producer's connection) is still counted.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import subprocess
+from collections.abc import Iterable
 
 import psutil
 import psycopg
 import redis
 
-__all__ = ["CpuMeter"]
+__all__ = ["tree_cpu", "own_cpu", "children_cpu", "server_processes", "pin", "ledger_ms"]
 
 
-def _tree_cpu(root: psutil.Process) -> float:
+def _cpu(p: psutil.Process, reaped: bool = True) -> float:
+    t = p.cpu_times()
+    total = t.user + t.system
+    if reaped:
+        total += t.children_user + t.children_system
+    return total
+
+
+def own_cpu(pid: int) -> float:
+    """CPU of one process (all its threads) and what it reaped."""
+    try:
+        return _cpu(psutil.Process(pid))
+    except psutil.Error:
+        return 0.0
+
+
+def children_cpu(pid: int) -> float:
+    """CPU of the descendants of ``pid`` (not ``pid`` itself)."""
     total = 0.0
-    for p in [root, *root.children(recursive=True)]:
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    for p in kids:
         try:
-            t = p.cpu_times()
-            total += t.user + t.system
+            total += _cpu(p)
         except psutil.Error:
             continue
     return total
 
 
-class CpuMeter:
-    """``snapshot()`` returns CPU seconds so far of ``worker`` (and its pool), PostgreSQL and Redis."""
+def tree_cpu(pid: int) -> float:
+    return own_cpu(pid) + children_cpu(pid)
 
-    def __init__(self, database_url: str, redis_url: str) -> None:
-        with psycopg.connect(database_url) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        backend = psutil.Process(int(row[0])) if row else None
-        self.postmaster = backend.parent() if backend is not None else None
-        client = redis.Redis.from_url(redis_url)
+
+def server_processes(database_url: str, redis_url: str) -> tuple[int, int]:
+    """(PostgreSQL postmaster pid, redis-server pid) of the servers behind the two URLs."""
+    from tracker.config import psycopg_url
+
+    with psycopg.connect(psycopg_url(database_url)) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    postmaster = psutil.Process(int(row[0])).parent()
+    assert postmaster is not None
+    client = redis.Redis.from_url(redis_url)
+    try:
+        redis_pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    return postmaster.pid, redis_pid
+
+
+def pin(pids: Iterable[int], cpus: str) -> None:
+    """``taskset -a -p -c <cpus>`` each process of each tree (``-a``: all threads, including
+    the writer threads a tracked process has already started; new children inherit it)."""
+    for root in pids:
         try:
-            self.redis = psutil.Process(int(client.info("server")["process_id"]))
-        finally:
-            client.close()
+            procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in procs:
+            subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(p.pid)], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def snapshot(self, worker_pid: int) -> dict[str, float]:
-        out: dict[str, Any] = {"worker": _tree_cpu(psutil.Process(worker_pid))}
-        out["postgres"] = _tree_cpu(self.postmaster) if self.postmaster is not None else 0.0
-        t = self.redis.cpu_times()
-        out["redis"] = t.user + t.system
-        return out
 
-    @staticmethod
-    def per_task_ms(before: dict[str, float], after: dict[str, float], tasks: int) -> dict[str, float]:
-        return {k: round((after[k] - before[k]) * 1000.0 / tasks, 4) for k in before}
+def ledger_ms(before: dict[str, float], after: dict[str, float], tasks: int) -> dict[str, float]:
+    """CPU ms per task of each group between two snapshots."""
+    return {k: round((after[k] - before[k]) * 1000.0 / tasks, 4) for k in before}

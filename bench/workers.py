@@ -21,7 +21,7 @@ class BenchWorker:
     ``add_consumer`` (so a batch can be queued up front and timed from the moment it is let in)."""
 
     def __init__(self, module: str, app: Any, env: dict[str, str], logdir: Path, concurrency: int = 2,
-                 loglevel: str = "WARNING") -> None:
+                 loglevel: str = "WARNING", events: bool = False) -> None:
         self.app = app
         self.name = f"bench-{module.rsplit('.', 1)[-1]}-{uuid.uuid4().hex[:6]}@localhost"
         self.idle_queue = f"bench-idle-{uuid.uuid4().hex[:6]}"
@@ -31,9 +31,15 @@ class BenchWorker:
         args = [sys.executable, "-m", "celery", "-A", module, "worker", "-P", "prefork", "-c", str(concurrency),
                 "-Q", self.idle_queue, "-n", self.name, "--without-mingle", "--without-gossip", "-l", loglevel,
                 "--logfile", str(self.logfile)]
+        if events:
+            args.append("-E")  # task events, as a worker watched by Flower runs
         self.proc = subprocess.Popen(args, env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready(60)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -39,6 +39,8 @@ _installed: dict[int, tuple[Any, TrackerConfig]] = {}
 _connected = False
 _RESULT_LIMIT = 64 * 1024
 PUBLISHED_HEADER = "tracker_published_at"
+#: Set by the worker's main process on receipt, read by the pool process (see on_task_received).
+RECEIVED_HEADER = "tracker_received_at"
 
 
 class TaskCancelled(Exception):
@@ -245,18 +247,13 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
         # revoke it: the bus follows cancel flags and puts them in the worker's revoked set,
         # which Celery checks again just before handing a request to the pool.
         rt.bus.follow_cancellations(_revoke_locally)
-    ctx = _request_context(request)
-    delivery = getattr(request, "delivery_info", None) or {}
-    name = getattr(request, "name", None)
-    rt.reporter.received(
-        request.id,
-        name=name,
-        task_type=_task_type(ctx, getattr(request, "task", None), name),
-        user_id=ctx.user_id,
-        tags=list(ctx.tags),
-        worker=getattr(request, "hostname", None),
-        queue=delivery.get("routing_key") if isinstance(delivery, Mapping) else None,
-    )
+    # No write here: this process dispatches every message of the worker (the prefork
+    # bottleneck), and a row update per task from it cost a PostgreSQL round of its own. The
+    # receipt time rides to the pool process in the request dict (Celery hands it over as the
+    # task's request) and is stored with the started state, which has every other field.
+    request_dict = getattr(request, "_request_dict", None)
+    if isinstance(request_dict, dict):
+        request_dict[RECEIVED_HEADER] = time.time()
 
 
 @_guard
@@ -350,10 +347,15 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
         queue=delivery.get("routing_key") if isinstance(delivery, Mapping) else None,
         # A tracked producer stored the arguments already (its header says so): redact only once.
         **(_argument_fields(rt.config, request.args, request.kwargs) if published is None else {}),
+        received_at=_float_or_none(getattr(request, RECEIVED_HEADER, None)),
     )
     if isinstance(published, (int, float)):
         rt.reporter.metric("task.queue_wait", max(0.0, active.started_wall - float(published)), unit="seconds",
                            task_id=task_id, task_type=task_type, user_id=ctx.user_id, publish=False)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def from_headers_value(request: Any, key: str) -> Any:

@@ -57,45 +57,72 @@ def _sql_type(field: str) -> str:
     return "text[]"  # text, and JSON sent as text
 
 
-def _update_sql() -> str:
-    """One UPDATE for a whole batch of task states, from one array per column.
+#: Column defaults of ``tracker_tasks`` (as SQL) for the merge expressions of a new row;
+#: every other column starts NULL. A NOT NULL column added to TASK_FIELDS needs its entry here.
+_ROW_DEFAULTS = {"status": "'pending'", "status_ts": "0", "progress": "0", "retries": "0",
+                 "metadata": "'{}'::jsonb", "tags": "'{}'::text[]", "updated_at": "now()"}
 
-    NULL in a column means "not reported": the stored value stays. Rows are created first by
-    :data:`_ENSURE_ROWS` (defaults: pending, progress 0), so a batch costs two statements
-    whatever its size, and no parameters are built per row.
+
+def _merge_exprs(old: Callable[[str], str]) -> list[str]:
+    """The value of each of :data:`TASK_FIELDS` once an update ``u`` is merged into the stored
+    row, whose columns ``old(field)`` names (``t.<field>``, or the default of a new row).
+
+    NULL in a column of ``u`` means "not reported": the old value stays.
     """
-    sets = []
-    newer = "(u.status IS NOT NULL AND u.status_ts >= t.status_ts)"
+    exprs = []
+    newer = f"(u.status IS NOT NULL AND u.status_ts >= {old('status_ts')})"
     for f in TASK_FIELDS:
         if f == "status":
-            sets.append(f"status = CASE WHEN {newer} THEN u.status ELSE t.status END")
+            exprs.append(f"CASE WHEN {newer} THEN u.status ELSE {old(f)} END")
         elif f == "status_ts":
-            sets.append(f"status_ts = CASE WHEN {newer} THEN u.status_ts ELSE t.status_ts END")
+            exprs.append(f"CASE WHEN {newer} THEN u.status_ts ELSE {old(f)} END")
         elif f == "metadata":
-            sets.append("metadata = t.metadata || COALESCE(u.metadata::jsonb, '{}'::jsonb)")
+            exprs.append(f"{old(f)} || COALESCE(u.metadata::jsonb, '{{}}'::jsonb)")
         elif f == "tags":
-            sets.append("tags = CASE WHEN u.tags IS NOT NULL AND u.tags <> '[]' "
-                        "THEN ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) ELSE t.tags END")
+            exprs.append("CASE WHEN u.tags IS NOT NULL AND u.tags <> '[]' "
+                         f"THEN ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) ELSE {old(f)} END")
         elif f in ("result", "args", "kwargs"):
-            sets.append(f"{f} = COALESCE(u.{f}::jsonb, t.{f})")
+            exprs.append(f"COALESCE(u.{f}::jsonb, {old(f)})")
         elif f in ("error_type", "error_message", "traceback"):
-            # A run that completes (after a retry) clears the error of the attempt before it.
-            sets.append(f"{f} = CASE WHEN u.status = 'completed' AND {newer} THEN u.{f} "
-                        f"ELSE COALESCE(u.{f}, t.{f}) END")
+            # A run that completes (after a retry) clears the error of the attempt before it, and
+            # the error of a status that lost to a newer one (that attempt's batch came late from
+            # another pool process) goes with it.
+            exprs.append(f"CASE WHEN u.status = 'completed' AND {newer} THEN u.{f} "
+                         f"WHEN u.status IS NOT NULL AND NOT {newer} THEN {old(f)} "
+                         f"ELSE COALESCE(u.{f}, {old(f)}) END")
         elif f == "updated_at":
-            sets.append("updated_at = GREATEST(t.updated_at, COALESCE(to_timestamp(u.updated_at), now()))")
+            exprs.append(f"GREATEST({old(f)}, COALESCE(to_timestamp(u.updated_at), now()))")
         elif f in _TS_FIELDS:
-            sets.append(f"{f} = COALESCE(to_timestamp(u.{f}), t.{f})")
+            exprs.append(f"COALESCE(to_timestamp(u.{f}), {old(f)})")
         else:
-            sets.append(f"{f} = COALESCE(u.{f}, t.{f})")
+            exprs.append(f"COALESCE(u.{f}, {old(f)})")
+    return exprs
+
+
+def _unnest() -> str:
     cols = ("task_id",) + TASK_FIELDS
     arrays = ", ".join(f"%s::{'text[]' if c == 'task_id' else _sql_type(c)}" for c in cols)
-    return (f"UPDATE tracker_tasks AS t SET {', '.join(sets)} FROM unnest({arrays}) AS u({', '.join(cols)}) "
-            "WHERE t.task_id = u.task_id")
+    return f"unnest({arrays}) AS u({', '.join(cols)})"
 
 
-_ENSURE_ROWS = "INSERT INTO tracker_tasks (task_id) SELECT unnest(%s::text[]) ON CONFLICT (task_id) DO NOTHING"
+def _update_sql() -> str:
+    """One UPDATE for a whole batch of task states, from one array per column (no parameters
+    are built per row); it returns the ids it found."""
+    sets = ", ".join(f"{f} = {e}" for f, e in zip(TASK_FIELDS, _merge_exprs(lambda f: f"t.{f}"), strict=True))
+    return f"UPDATE tracker_tasks AS t SET {sets} FROM {_unnest()} WHERE t.task_id = u.task_id RETURNING t.task_id"
+
+
+def _insert_sql() -> str:
+    """The rows of a batch that do not exist yet, created with their values in one write (not
+    an empty row updated at once: that doubled the heap and index work of every new task).
+    ``DO NOTHING`` for a row another writer created meanwhile; it returns the ids it inserted."""
+    exprs = _merge_exprs(lambda f: _ROW_DEFAULTS.get(f, "NULL"))
+    return (f"INSERT INTO tracker_tasks (task_id, {', '.join(TASK_FIELDS)}) SELECT u.task_id, {', '.join(exprs)} "
+            f"FROM {_unnest()} ON CONFLICT (task_id) DO NOTHING RETURNING task_id")
+
+
 _UPDATE = _update_sql()
+_INSERT = _insert_sql()
 _LOG_COPY = (
     "COPY tracker_logs (task_id, ts, levelno, level, message, source, user_id, context, traceback, attachments) "
     "FROM STDIN"
@@ -141,6 +168,44 @@ def _task_columns(ids: list[str], tasks: dict[str, dict[str, Any]]) -> list[list
         else:
             columns.append([_clean(v) if isinstance(v := st.get(f), str) else v for st in states])
     return columns
+
+
+def _subset(columns: list[list[Any]], keep: list[int]) -> list[list[Any]]:
+    return [[col[k] for k in keep] for col in columns]
+
+
+def _apply(cur: psycopg.Cursor[Any], statement: str, columns: list[list[Any]]) -> list[list[Any]] | None:
+    """Run :data:`_UPDATE` or :data:`_INSERT` on column arrays; the columns of the rows it did
+    not touch (by the ids it returns), or None when it touched them all."""
+    cur.execute(statement, columns)
+    touched = {r[0] for r in cur.fetchall()}
+    ids = columns[0]
+    if len(touched) == len(ids):
+        return None
+    return columns if not touched else _subset(columns, [k for k, i in enumerate(ids) if i not in touched])
+
+
+def _write_tasks(cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]]) -> None:
+    """Merge a batch of task states into ``tracker_tasks`` with as few row versions as possible.
+
+    A worker's batch updates rows the producer created: UPDATE first, INSERT what was missing.
+    A producer's batch (its first state is a publisher's pending, ``status_ts`` 0) creates rows:
+    INSERT first, UPDATE what existed. A row another writer created between the two statements
+    is updated last (``ON CONFLICT`` waited for that writer's commit), so nothing is lost.
+    """
+    ids = list(tasks)
+    columns = _task_columns(ids, tasks)
+    first = tasks[ids[0]]
+    if first.get("status_ts") == 0.0 and first.get("published_at") is not None:
+        rest = _apply(cur, _INSERT, columns)
+        if rest is not None:
+            cur.execute(_UPDATE, rest)
+        return
+    rest = _apply(cur, _UPDATE, columns)
+    if rest is not None:
+        rest = _apply(cur, _INSERT, rest)
+        if rest is not None:
+            cur.execute(_UPDATE, rest)
 
 
 class Float8Array(list[float]):
@@ -473,9 +538,7 @@ class Recorder(BackgroundWriter):
     def _write(self, cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]], logs: list[Any],
                progress: list[Any], metrics: list[Any], workers: list[Any]) -> None:
         if tasks:
-            ids = list(tasks)
-            cur.execute(_ENSURE_ROWS, (ids,))
-            cur.execute(_UPDATE, _task_columns(ids, tasks))
+            _write_tasks(cur, tasks)
         if logs:
             with cur.copy(_LOG_COPY) as cp:
                 for r in logs:
