@@ -3,14 +3,15 @@
 filters several endpoints take.
 
 Each endpoint module owns one :class:`Endpoints` (an aiohttp ``RouteTableDef``) and declares each
-endpoint once with :meth:`Endpoints.operation` - method, path, query parameters, body schema and
-responses. The same declaration adds the aiohttp route, validates the request before the handler
-runs (so a rejected request never writes anything) and is published in the OpenAPI document
-(``webgate.api.openapi``), which therefore describes what the server does. The factory
-(``webgate.api.factory``) mounts the tables under :data:`API` with ``add_subapp``.
+endpoint once with :meth:`Endpoints.operation` - method, path, the pydantic models of its query
+string, path parameters and body (``webgate.api.models``) and its replies. The same declaration
+adds the aiohttp route, validates the request before the handler runs (so a rejected request
+never writes anything) and is published in the OpenAPI document (``webgate.api.openapi``), which
+therefore describes what the server does. The factory (``webgate.api.factory``) mounts the
+tables under :data:`API` with ``add_subapp``.
 
 This module is the leaf of the REST layer: it imports no endpoint module, and endpoint modules
-import only it (and the schema), never each other.
+import only it (with the models and the replies' schemas), never each other.
 """
 
 from __future__ import annotations
@@ -41,8 +42,7 @@ from webgate.core.keys import REPORTER
 
 __all__ = ["API", "API_OPERATIONS", "Call", "Endpoints", "Operation", "reply", "no_content", "dumps",
            "parse_params", "scope_user", "owned_row", "visible_task", "flush_writes", "Reply", "when", "SchemaError",
-           "task_filters", "log_query", "MAX_BUCKETS",
-           "check_range", "plotly_layout"]
+           "task_filters", "log_query", "MAX_BUCKETS", "check_range", "plotly_layout"]
 
 API = "/api/v1/progress"
 #: Operations (paths under API) that also accept the token as ``?token=``: plain download links.
