@@ -144,8 +144,10 @@ class Endpoints(web.RouteTableDef):
                            replies, auth, description)
             self.operations.append(op)
             # Routes keep declaration order, which keeps fixed paths such as /tasks/stats ahead
-            # of /tasks/{task_id}.
-            self.route(method, _route_path(op), name=operation_id)(_wrap(op))
+            # of /tasks/{task_id}. A GET declares no HEAD (aiohttp's add_get would add one): the
+            # API answers the methods it documents, others get 405.
+            head = {"allow_head": False} if method == "GET" else {}
+            self.route(method, _route_path(op), name=operation_id, **head)(_wrap(op))
             return handler
 
         return register
