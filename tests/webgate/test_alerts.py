@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis as redis_lib
+from aiohttp import web
 
 from tests.conftest import Worker, wait_for
 from tests.webgate.test_notifications import Receiver, serve, until
@@ -23,6 +24,7 @@ from tracker import alerts as al
 from tracker import notify as nt
 from tracker import queries as q
 from tracker.config import TrackerConfig
+from tracker.demo.services import free_port
 from webgate import create_app
 from webgate.notify.alerts import ALERTS
 from webgate.notify.channels import SIGNATURE_HEADER, verify_signature
@@ -254,6 +256,38 @@ async def test_queue_depth_fires_once_per_queue_and_episode_across_a_restart(tra
         assert [r["metadata"]["value"] for r in fired(qa)] == [25.0, 40.0]
         assert len({r["metadata"]["episode"] for r in fired(qa)}) == 2
         assert len(fired(qb)) == 1 and fired(qc) == []
+
+
+async def test_queue_depth_alert_from_the_gateways_own_sampler(tracker_env, tracked_app, make_worker, sql, rdb):
+    """End to end: real messages waiting in a real broker queue, measured by the gateway's sampler
+    (the Celery app it was started with), fire ``queue_depth>20`` once; a worker drains the queue
+    and the episode clears."""
+    from tests.apps.tasks import add
+
+    prefix = f"ta-{uuid.uuid4().hex[:8]}"
+    rule_id, user = uid("sampled"), uid("ops")
+    queue = f"{prefix}-q"
+    rule = {"id": rule_id, "on": "queue_depth>20", "queues": [queue], "users": [user]}
+    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=[rule], stall_after=1.0,
+                  queue_sample_interval=0.3)
+    for i in range(25):
+        add.apply_async((i, 1), queue=queue)  # nobody consumes this queue yet
+    app = create_app(cfg, celery_app=tracked_app)
+    port = free_port()
+    runner = web.AppRunner(app, shutdown_timeout=2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        (row,) = await until(lambda: alert_rows(sql, rule_id), timeout=30, what="the sampled queue-depth alert")
+        assert row["user_id"] == user and row["metadata"]["trigger"] == "queue_depth>20"
+        assert row["metadata"]["queue"] == queue and row["metadata"]["value"] == 25.0
+        field = f"{rule_id}|queue_depth>20|{queue}"
+        assert episode(rdb, prefix, field) is not None
+        make_worker(queue=queue, extra_env=FAST)
+        await until(lambda: episode(rdb, prefix, field) is None, timeout=30, what="the episode to clear")
+        assert len(alert_rows(sql, rule_id)) == 1
+    finally:
+        await runner.cleanup()
 
 
 # -- no workers ---------------------------------------------------------------------------------------------
