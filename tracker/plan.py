@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import Engine, Result
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -79,72 +79,87 @@ Step = Sql | Connect | Pipe | Call | Pause
 Plan = Generator[Step, Any, T]
 
 
-def _advance(plan: Plan[Any], reply: Any, error: Exception | None) -> tuple[bool, Any]:
-    """Send the last reply (or throw the last error) into ``plan``: (done, next step or value)."""
-    try:
-        return False, plan.throw(error) if error is not None else plan.send(reply)
-    except StopIteration as stop:
-        return True, stop.value
+class _Run(Generic[T]):
+    """Walks a plan: iterating yields its steps; set :attr:`reply` or :attr:`error` after each."""
+
+    def __init__(self, plan: Plan[T]) -> None:
+        self._plan = plan
+        self.reply: Any = None
+        self.error: Exception | None = None
+        self.value: T | None = None
+
+    def __iter__(self) -> Iterator[Step]:
+        while True:
+            reply, error = self.reply, self.error
+            self.reply, self.error = None, None
+            try:
+                step = self._plan.throw(error) if error is not None else self._plan.send(reply)
+            except StopIteration as stop:
+                self.value = stop.value
+                return
+            yield step
 
 
 def run_sync(plan: Plan[T], *, engine: Engine | None = None, redis: Any = None, conn: Any = None) -> T:
     """Carry ``plan`` out with a synchronous engine and Redis client."""
-    reply: Any = None
-    error: Exception | None = None
-    while True:
-        done, step = _advance(plan, reply, error)
-        if done:
-            return step  # type: ignore[no-any-return]
-        reply, error = None, None
+    run = _Run(plan)
+    for step in run:
         try:
-            if isinstance(step, Sql):
-                result = conn.execute(step.statement, step.params)
-                reply = step.read(result)
-                if step.commit:
-                    conn.commit()
-            elif isinstance(step, Connect):
-                assert engine is not None, "a plan with SQL steps needs an engine"
-                with engine.begin() if step.begin else engine.connect() as c:
-                    reply = run_sync(step.plan, conn=c)
-            elif isinstance(step, Pipe):
-                pipe = redis.pipeline(transaction=step.transaction)
-                step.build(pipe)
-                reply = pipe.execute()
-            elif isinstance(step, Call):
-                reply = step.fn(*step.args, **step.kwargs)
-            elif step.seconds:
-                time.sleep(step.seconds)
+            run.reply = _sync_step(step, engine, redis, conn)
         except Exception as exc:  # handed back to the plan, which decides
-            error = exc
+            run.error = exc
+    return run.value  # type: ignore[return-value]
 
 
 async def run_async(plan: Plan[T], *, engine: AsyncEngine | None = None, redis: Any = None,
                     conn: Any = None) -> T:
     """Carry ``plan`` out with an asyncio engine and Redis client: the same steps as :func:`run_sync`."""
-    reply: Any = None
-    error: Exception | None = None
-    while True:
-        done, step = _advance(plan, reply, error)
-        if done:
-            return step  # type: ignore[no-any-return]
-        reply, error = None, None
+    run = _Run(plan)
+    for step in run:
         try:
-            if isinstance(step, Sql):
-                result = await conn.execute(step.statement, step.params)
-                reply = step.read(result)
-                if step.commit:
-                    await conn.commit()
-            elif isinstance(step, Connect):
-                assert engine is not None, "a plan with SQL steps needs an engine"
-                async with engine.begin() if step.begin else engine.connect() as c:
-                    reply = await run_async(step.plan, conn=c)
-            elif isinstance(step, Pipe):
-                pipe = redis.pipeline(transaction=step.transaction)
-                step.build(pipe)
-                reply = await pipe.execute()
-            elif isinstance(step, Call):
-                reply = await asyncio.to_thread(step.fn, *step.args, **step.kwargs)
-            else:
-                await asyncio.sleep(step.seconds)
+            run.reply = await _async_step(step, engine, redis, conn)
         except Exception as exc:  # handed back to the plan, which decides
-            error = exc
+            run.error = exc
+    return run.value  # type: ignore[return-value]
+
+
+def _sync_step(step: Step, engine: Engine | None, redis: Any, conn: Any) -> Any:
+    if isinstance(step, Sql):
+        reply = step.read(conn.execute(step.statement, step.params))
+        if step.commit:
+            conn.commit()
+        return reply
+    if isinstance(step, Connect):
+        assert engine is not None, "a plan with SQL steps needs an engine"
+        with engine.begin() if step.begin else engine.connect() as c:
+            return run_sync(step.plan, conn=c)
+    if isinstance(step, Pipe):
+        pipe = redis.pipeline(transaction=step.transaction)
+        step.build(pipe)
+        return pipe.execute()
+    if isinstance(step, Call):
+        return step.fn(*step.args, **step.kwargs)
+    if step.seconds:
+        time.sleep(step.seconds)
+    return None
+
+
+async def _async_step(step: Step, engine: AsyncEngine | None, redis: Any, conn: Any) -> Any:
+    if isinstance(step, Sql):
+        reply = step.read(await conn.execute(step.statement, step.params))
+        if step.commit:
+            await conn.commit()
+        return reply
+    if isinstance(step, Connect):
+        assert engine is not None, "a plan with SQL steps needs an engine"
+        async with engine.begin() if step.begin else engine.connect() as c:
+            return await run_async(step.plan, conn=c)
+    if isinstance(step, Pipe):
+        pipe = redis.pipeline(transaction=step.transaction)
+        step.build(pipe)
+        return await pipe.execute()
+    if isinstance(step, Call):
+        # a blocking call (a broker broadcast): off the event loop
+        return await asyncio.to_thread(step.fn, *step.args, **step.kwargs)
+    await asyncio.sleep(step.seconds)  # even 0 yields to other work
+    return None
