@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["TaskRecord", "LogRecord", "MetricRecord", "NotificationRecord", "ProgressPoint", "GroupProgress",
            "WorkerRecord", "QueueRecord", "QueueReport", "to_jsonable",
@@ -26,9 +26,6 @@ R = TypeVar("R", bound="_Record")
 
 
 class _Record:
-    #: Fields stored as nullable JSON or array columns whose NULL means "empty" in the record.
-    _EMPTY_WHEN_NULL: ClassVar[dict[str, Callable[[Any], Any]]] = {}
-
     @classmethod
     def from_row(cls: type[R], row: Any) -> R:
         """The one row-to-record mapping: a SQLAlchemy row (or a mapping) with the column names
@@ -41,7 +38,7 @@ class _Record:
                 values[f.name] = m[f.name]
             elif f.name + "_" in m:
                 values[f.name] = m[f.name + "_"]
-        for name, empty in cls._EMPTY_WHEN_NULL.items():
+        for name, empty in _EMPTY_WHEN_NULL.get(cls, {}).items():
             values[name] = empty(values.get(name) or ())
         return cls(**values)
 
@@ -51,8 +48,6 @@ class _Record:
 
 @dataclass(frozen=True, slots=True)
 class TaskRecord(_Record):
-    _EMPTY_WHEN_NULL: ClassVar[dict[str, Callable[[Any], Any]]] = {"metadata": dict, "tags": list}
-
     task_id: str
     name: str | None = None
     task_type: str | None = None
@@ -98,6 +93,13 @@ class TaskRecord(_Record):
         return None if end is None else max(0.0, (end - self.started_at).total_seconds())
 
 
+#: Fields stored as nullable JSON or array columns whose NULL means "empty" in the record. Kept
+#: outside the classes: a ClassVar would show in ``__dataclass_fields__`` (the export's columns).
+_EMPTY_WHEN_NULL: dict[type[_Record], dict[str, Callable[[Any], Any]]] = {
+    TaskRecord: {"metadata": dict, "tags": list},
+}
+
+
 def task_record(row: Any) -> TaskRecord:
     """A task row (``tracker_tasks`` columns, ``metadata_`` or ``metadata``) as a record."""
     return TaskRecord.from_row(row)
@@ -136,9 +138,6 @@ class MetricRecord(_Record):
 
 @dataclass(frozen=True, slots=True)
 class NotificationRecord(_Record):
-    _EMPTY_WHEN_NULL: ClassVar[dict[str, Callable[[Any], Any]]] = {"channels": list, "metadata": dict,
-                                                                   "delivery": dict}
-
     id: int
     user_id: str | None
     title: str
@@ -153,6 +152,9 @@ class NotificationRecord(_Record):
     created_at: datetime | None = None
     delivery: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+_EMPTY_WHEN_NULL[NotificationRecord] = {"channels": list, "metadata": dict, "delivery": dict}
 
 
 def notification_record(row: Any) -> NotificationRecord:
