@@ -33,13 +33,16 @@ from tracker.records import (
     QueueReport,
     TaskRecord,
     WorkerRecord,
+    notification_record,
+    task_record,
     to_jsonable,
 )
 from tracker.redaction import redactor_for
 from tracker.reporter import Reporter
 from tracker.status import Status, check_progress, check_status
 
-__all__ = ["Tracker", "Page", "EXPORT_FIELDS", "ExportEncoder", "export_chunks"]
+# task_record is re-exported: the gateway maps task rows through ``tracker.api.task_record``.
+__all__ = ["Tracker", "Page", "EXPORT_FIELDS", "ExportEncoder", "export_chunks", "task_record"]
 
 R = TypeVar("R")
 
@@ -54,15 +57,6 @@ class Page(list[R]):
     def __init__(self, items: list[R], next_cursor: str | None = None) -> None:
         super().__init__(items)
         self.next_cursor = next_cursor
-
-
-def task_record(row: Row[Any]) -> TaskRecord:
-    m = dict(row._mapping)
-    if "metadata" not in m:
-        m["metadata"] = m.pop("metadata_", None)
-    m["metadata"] = m.get("metadata") or {}
-    m["tags"] = list(m.get("tags") or [])
-    return TaskRecord.from_row(m)
 
 
 class Tracker:
@@ -252,8 +246,6 @@ class Tracker:
 
     def notification(self, notification_id: int, user_id: str | None = None) -> NotificationRecord | None:
         """One notification; ``None`` if there is none or (with ``user_id``) it is another user's."""
-        from tracker.notify import notification_record
-
         rows = self._all(q.notification_by_id(notification_id, user_id))
         return notification_record(rows[0]) if rows else None
 

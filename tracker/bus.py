@@ -21,6 +21,7 @@ import redis
 
 from tracker.background import BackgroundWriter
 from tracker.events import Event, encode
+from tracker.retry import Backoff
 
 __all__ = ["EventBus"]
 
@@ -70,7 +71,8 @@ class EventBus(BackgroundWriter):
         self._last_progress: dict[str, float] = {}
         self._held: dict[str, _Progress] = {}  # coalesced progress waiting for its slot
         self._client: redis.Redis | None = None
-        self._backoff = 0.0
+        #: Pause between tries while Redis is away (events keep buffering meanwhile).
+        self._backoff = Backoff(first=0.05, most=2.0)
         #: task id -> control value ("pause", "cancel" or None) for tasks running here.
         self.controls: dict[str, str | None] = {}
         #: Task ids with a ``cancel`` flag, followed from ``{prefix}:controls`` once
@@ -177,11 +179,11 @@ class EventBus(BackgroundWriter):
     def _run(self) -> None:
         next_control = 0.0
         while True:
-            timeout = self._backoff or (min(self.tick, self.progress_interval / 2) if self._held else self.tick)
+            timeout = self._backoff.delay or (min(self.tick, self.progress_interval / 2) if self._held else self.tick)
             # Publishers set the event only while this thread sleeps (setting it per event costs
             # more than the event): announce the sleep, then look at the queue once more.
             self._sleeping = True
-            if not self._queue or self._backoff:
+            if not self._queue or self._backoff.delay:
                 self._wake.wait(timeout)
             self._sleeping = False
             self._wake.clear()
@@ -241,7 +243,7 @@ class EventBus(BackgroundWriter):
             if self.connected or self.failures == 1:
                 logger.warning("tracker bus: cannot reach Redis (%s); buffering events", exc)
             self.connected = False
-            self._backoff = min(2.0, max(0.05, self._backoff * 2))
+            self._backoff.failed()
             self._drop_client()
             return
         with self._lock:
@@ -250,7 +252,7 @@ class EventBus(BackgroundWriter):
         if not self.connected and self.failures:
             logger.warning("tracker bus: Redis is back; %d buffered events sent", len(batch))
         self.connected = True
-        self._backoff = 0.0
+        self._backoff.reset()
         self.sent += len(batch)
         self._mark_done(seq)
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from tracker.plan import Call, Pipe, Plan, run_async, run_sync
 from tracker.reporter import Reporter
 from tracker.status import TERMINAL, Status
 from tracker.vocabulary import CONTROL_TTL, control_key
@@ -52,12 +54,6 @@ def plan(status: str, action: str) -> ControlPlan:
     return ControlPlan(True, value="cancel", revoke=True, mark_cancelled=st is Status.PENDING)
 
 
-def _mark(reporter: Reporter | None, task: Any) -> None:
-    if reporter is not None:
-        reporter.status(task.task_id, "cancelled", user_id=task.user_id, reason="cancelled",
-                        error_type="cancelled", error_message="cancelled before it started")
-
-
 def _write_flag(pipe: Any, prefix: str, task_id: str, value: str | None) -> None:
     """Queue the flag and its index entry on ``pipe`` (sync or asyncio pipeline alike)."""
     key = control_key(prefix, task_id)
@@ -69,36 +65,29 @@ def _write_flag(pipe: Any, prefix: str, task_id: str, value: str | None) -> None
         pipe.zadd(index_key(prefix), {task_id: time.time()})
 
 
-def apply_sync(redis: Any, prefix: str, task: Any, action: str, *, reporter: Reporter | None = None,
-               celery_app: Any = None, terminate: bool = False) -> ControlPlan:
-    """Carry out ``action`` on ``task`` (a ``TaskRecord``) with a synchronous Redis client."""
+def _apply(prefix: str, task: Any, action: str, reporter: Reporter | None, celery_app: Any,
+           terminate: bool) -> Plan[ControlPlan]:
+    """The request, once: decide, write the flag, revoke through Celery, record a queued cancel."""
     p = plan(task.status, action)
     if not p.allowed:
         return p
-    pipe = redis.pipeline(transaction=True)
-    _write_flag(pipe, prefix, task.task_id, p.value)
-    pipe.execute()
+    yield Pipe(partial(_write_flag, prefix=prefix, task_id=task.task_id, value=p.value), transaction=True)
     if p.revoke and celery_app is not None:
-        celery_app.control.revoke(task.task_id, terminate=terminate)
-    if p.mark_cancelled:
-        _mark(reporter, task)
+        # revoke() publishes a broadcast over the broker: a Call step keeps it off the event loop.
+        yield Call(celery_app.control.revoke, (task.task_id,), {"terminate": terminate})
+    if p.mark_cancelled and reporter is not None:
+        reporter.status(task.task_id, "cancelled", user_id=task.user_id, reason="cancelled",
+                        error_type="cancelled", error_message="cancelled before it started")
     return p
+
+
+def apply_sync(redis: Any, prefix: str, task: Any, action: str, *, reporter: Reporter | None = None,
+               celery_app: Any = None, terminate: bool = False) -> ControlPlan:
+    """Carry out ``action`` on ``task`` (a ``TaskRecord``) with a synchronous Redis client."""
+    return run_sync(_apply(prefix, task, action, reporter, celery_app, terminate), redis=redis)
 
 
 async def apply_async(redis: Any, prefix: str, task: Any, action: str, *, reporter: Reporter | None = None,
                       celery_app: Any = None, terminate: bool = False) -> ControlPlan:
     """The same as :func:`apply_sync` with an asyncio Redis client."""
-    p = plan(task.status, action)
-    if not p.allowed:
-        return p
-    pipe = redis.pipeline(transaction=True)
-    _write_flag(pipe, prefix, task.task_id, p.value)
-    await pipe.execute()
-    if p.revoke and celery_app is not None:
-        import asyncio
-
-        # revoke() publishes a broadcast over the broker: keep it off the event loop.
-        await asyncio.to_thread(celery_app.control.revoke, task.task_id, terminate=terminate)
-    if p.mark_cancelled:
-        _mark(reporter, task)
-    return p
+    return await run_async(_apply(prefix, task, action, reporter, celery_app, terminate), redis=redis)

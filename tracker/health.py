@@ -14,7 +14,7 @@ gateway's loop) does, in one short transaction:
 Both changes are conditional ``UPDATE ... RETURNING`` statements: a task that heartbeats or
 ended meanwhile is never touched, and two sweepers never report the same task twice. A
 transaction-level advisory lock lets only one of several gateways sweep at a time.
-Statements are built once here and executed by both paths.
+The pass is written once, as a plan (:mod:`tracker.plan`), and carried out by both paths.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Select, Update, func, literal, select, update
@@ -34,6 +35,7 @@ from tracker.bus import EventBus
 from tracker.config import TrackerConfig
 from tracker.control import CONTROL_TTL, control_key, index_key
 from tracker.models import Task
+from tracker.plan import Connect, Pipe, Plan, Sql, run_async, run_sync
 from tracker.reporter import Reporter
 from tracker.vocabulary import ACTIVE, STATUSES, TERMINAL
 
@@ -191,76 +193,26 @@ def _log(result: SweepResult) -> None:
                        r["last_progress_at"])
 
 
-# -- synchronous pass (tracker sweep) ------------------------------------------------------------
-def sweep(engine: Engine, config: TrackerConfig, *, redis: Any = None, reporter: Reporter | None = None) -> SweepResult:
-    """One pass with a synchronous engine (and Redis client for the flag clean-up)."""
+# -- the pass, once (carried out by tracker.plan's sync and asyncio executors) -------------------
+def _sweep(config: TrackerConfig, has_redis: bool, reporter: Reporter | None) -> Plan[SweepResult]:
     lost_stmt = lost_statement(config.worker_lost_after)
     stalled_stmt = stalled_statement(config.stall_after)
     candidates: list[str] = []
-    if redis is not None:
+    if has_redis:
         try:
-            candidates = _flag_candidates_sync(redis, config.prefix)
+            _, members = yield Pipe(partial(_read_flags, prefix=config.prefix))
+            candidates = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
         except Exception as exc:  # Redis away: lost and stalled tasks are still handled
             logger.warning("health sweep: cannot read control flags (%s)", exc)
-    with engine.begin() as conn:
-        if not conn.execute(lock_statement()).scalar():
-            return SweepResult(skipped=True)
-        lost = _rows(conn.execute(lost_stmt))
-        stalled = _rows(conn.execute(stalled_stmt))
-        ended = ended_flags(conn.execute(flag_status_statement(candidates))) if candidates else []
+    found = yield Connect(_store_pass(lost_stmt, stalled_stmt, candidates), begin=True)
+    if found is None:
+        return SweepResult(skipped=True)
+    lost, stalled, ended = found
     cleared = 0
     if ended:
         try:
-            cleared = _clear_flags_sync(redis, config.prefix, ended)
-        except Exception as exc:
-            logger.warning("health sweep: cannot delete control flags (%s)", exc)
-    result = SweepResult(lost, stalled, cleared)
-    publish(reporter, result)
-    _log(result)
-    return result
-
-
-def _flag_candidates_sync(redis: Any, prefix: str) -> list[str]:
-    now = time.time()
-    index = index_key(prefix)
-    pipe = redis.pipeline(transaction=False)
-    pipe.zremrangebyscore(index, "-inf", now - CONTROL_TTL)
-    pipe.zrangebyscore(index, "-inf", now - _FLAG_GRACE, start=0, num=_FLAG_PAGE)
-    _, members = pipe.execute()
-    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-
-
-def _clear_flags_sync(redis: Any, prefix: str, task_ids: list[str]) -> int:
-    pipe = redis.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.delete(control_key(prefix, task_id))
-    pipe.zrem(index_key(prefix), *task_ids)
-    pipe.execute()
-    return len(task_ids)
-
-
-# -- asynchronous pass (the gateway's sweeper) ---------------------------------------------------
-async def sweep_async(engine: AsyncEngine, config: TrackerConfig, *, redis: Any = None,
-                      reporter: Reporter | None = None) -> SweepResult:
-    """One pass with an asyncio engine and Redis client; the same statements as :func:`sweep`."""
-    lost_stmt = lost_statement(config.worker_lost_after)
-    stalled_stmt = stalled_statement(config.stall_after)
-    candidates: list[str] = []
-    if redis is not None:
-        try:
-            candidates = await _flag_candidates_async(redis, config.prefix)
-        except Exception as exc:  # Redis away: lost and stalled tasks are still handled
-            logger.warning("health sweep: cannot read control flags (%s)", exc)
-    async with engine.begin() as conn:
-        if not (await conn.execute(lock_statement())).scalar():
-            return SweepResult(skipped=True)
-        lost = _rows(await conn.execute(lost_stmt))
-        stalled = _rows(await conn.execute(stalled_stmt))
-        ended = ended_flags(await conn.execute(flag_status_statement(candidates))) if candidates else []
-    cleared = 0
-    if ended:
-        try:
-            cleared = await _clear_flags_async(redis, config.prefix, ended)
+            yield Pipe(partial(_clear_flags, prefix=config.prefix, task_ids=ended))
+            cleared = len(ended)
         except Exception as exc:
             logger.warning("health sweep: cannot delete control flags (%s)", exc)
     result = SweepResult(lost, stalled, cleared)
@@ -269,23 +221,43 @@ async def sweep_async(engine: AsyncEngine, config: TrackerConfig, *, redis: Any 
     return result
 
 
-async def _flag_candidates_async(redis: Any, prefix: str) -> list[str]:
+def _store_pass(lost_stmt: Update, stalled_stmt: Update, candidates: list[str]) -> Plan[Any]:
+    """The one short transaction: None when another sweeper holds the lock."""
+    if not (yield Sql(lock_statement(), read=_scalar)):
+        return None
+    lost = yield Sql(lost_stmt, read=_rows)
+    stalled = yield Sql(stalled_stmt, read=_rows)
+    ended = ended_flags((yield Sql(flag_status_statement(candidates), read=list))) if candidates else []
+    return lost, stalled, ended
+
+
+def _scalar(result: Any) -> Any:
+    return result.scalar()
+
+
+def _read_flags(pipe: Any, *, prefix: str) -> None:
+    """Drop index entries older than a flag lives; page through those past the grace time."""
     now = time.time()
     index = index_key(prefix)
-    pipe = redis.pipeline(transaction=False)
     pipe.zremrangebyscore(index, "-inf", now - CONTROL_TTL)
     pipe.zrangebyscore(index, "-inf", now - _FLAG_GRACE, start=0, num=_FLAG_PAGE)
-    _, members = await pipe.execute()
-    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
 
-async def _clear_flags_async(redis: Any, prefix: str, task_ids: list[str]) -> int:
-    pipe = redis.pipeline(transaction=False)
+def _clear_flags(pipe: Any, *, prefix: str, task_ids: list[str]) -> None:
     for task_id in task_ids:
         pipe.delete(control_key(prefix, task_id))
     pipe.zrem(index_key(prefix), *task_ids)
-    await pipe.execute()
-    return len(task_ids)
+
+
+def sweep(engine: Engine, config: TrackerConfig, *, redis: Any = None, reporter: Reporter | None = None) -> SweepResult:
+    """One pass with a synchronous engine (and Redis client for the flag clean-up)."""
+    return run_sync(_sweep(config, redis is not None, reporter), engine=engine, redis=redis)
+
+
+async def sweep_async(engine: AsyncEngine, config: TrackerConfig, *, redis: Any = None,
+                      reporter: Reporter | None = None) -> SweepResult:
+    """One pass with an asyncio engine and Redis client; the same plan as :func:`sweep`."""
+    return await run_async(_sweep(config, redis is not None, reporter), engine=engine, redis=redis)
 
 
 def cli_reporter(config: TrackerConfig) -> Reporter | None:

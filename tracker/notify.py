@@ -50,7 +50,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from tracker import queries as q
 from tracker.events import Event
 from tracker.models import Notification
-from tracker.records import NotificationRecord
+from tracker.records import NotificationRecord, notification_record
 from tracker.vocabulary import EVENT_TRIGGERS, TERMINAL, TRIGGERS, notify_burst_key, notify_digests_key, notify_due_key
 
 __all__ = [
@@ -685,15 +685,6 @@ def delivery_update(notification_id: int, channel: str, state: Mapping[str, Any]
             .values(delivery=Notification.delivery.op("||")(literal({channel: dict(state)}, JSONB))))
 
 
-def notification_record(row: Any) -> NotificationRecord:
-    m = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)
-    m["channels"] = list(m.get("channels") or [])
-    m["metadata"] = m.get("metadata") or {}
-    m["delivery"] = m.get("delivery") or {}
-    return NotificationRecord.from_row(m)  # type: ignore[no-any-return]
-
-
-# -- the delivery queue --------------------------------------------------------------------------------
 def due_key(prefix: str) -> str:
     return notify_due_key(prefix)
 

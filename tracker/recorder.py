@@ -25,6 +25,7 @@ from psycopg.pq import Format
 from tracker.background import BackgroundWriter
 from tracker.config import psycopg_url
 from tracker.events import RawJSON, dumps
+from tracker.retry import Backoff
 
 __all__ = ["Recorder", "TASK_FIELDS"]
 
@@ -299,7 +300,8 @@ class Recorder(BackgroundWriter):
         self._metrics: list[tuple[Any, ...]] = []
         self._workers: dict[str, tuple[Any, ...]] = {}
         self._conn: psycopg.Connection[Any] | None = None
-        self._backoff = 0.0
+        #: Pause between tries while PostgreSQL is away (records keep buffering meanwhile).
+        self._backoff = Backoff(first=0.05, most=2.0)
         self._medians: dict[str, tuple[float, float | None]] = {}
         self._median_wanted: set[str] = set()
         self.ticks: list[Callable[[], None]] = []
@@ -452,7 +454,7 @@ class Recorder(BackgroundWriter):
         next_tick = next_flush = time.monotonic()
         while True:
             # The interval runs from the start of the previous commit, not its end.
-            wait = self._backoff or max(0.0, next_flush - time.monotonic())
+            wait = self._backoff.delay or max(0.0, next_flush - time.monotonic())
             self._wake.wait(wait)
             self._wake.clear()
             next_flush = time.monotonic() + self.flush_interval
@@ -531,7 +533,7 @@ class Recorder(BackgroundWriter):
         if not self.connected and self.failures:
             logger.warning("tracker recorder: PostgreSQL is back; buffered records written")
         self.connected = True
-        self._backoff = 0.0
+        self._backoff.reset()
         self._report_drops()
         self._mark_done(seq)
 
@@ -601,7 +603,7 @@ class Recorder(BackgroundWriter):
             except Exception:
                 pass
             self._conn = None
-        self._backoff = min(2.0, max(0.05, self._backoff * 2))
+        self._backoff.failed()
 
     def _report_drops(self) -> None:
         total = sum(self.dropped.values())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["TaskRecord", "LogRecord", "MetricRecord", "NotificationRecord", "ProgressPoint", "GroupProgress",
-           "WorkerRecord", "QueueRecord", "QueueReport", "to_jsonable"]
+           "WorkerRecord", "QueueRecord", "QueueReport", "to_jsonable",
+           "task_record", "notification_record"]
 
 
 def to_jsonable(value: Any) -> Any:
@@ -20,13 +22,25 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+R = TypeVar("R", bound="_Record")
+
+
 class _Record:
     @classmethod
-    def from_row(cls, row: Any) -> Any:
-        """Build from a SQLAlchemy row mapping (column names as in the query builders)."""
+    def from_row(cls: type[R], row: Any) -> R:
+        """The one row-to-record mapping: a SQLAlchemy row (or a mapping) with the column names
+        of the query builders. A field missing from the row takes a column of its name with a
+        trailing underscore (``metadata_``: the models' name where ``metadata`` is reserved)."""
         m = row._mapping if hasattr(row, "_mapping") else row
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        return cls(**{n: m[n] for n in names if n in m})
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in m:
+                values[f.name] = m[f.name]
+            elif f.name + "_" in m:
+                values[f.name] = m[f.name + "_"]
+        for name, empty in _EMPTY_WHEN_NULL.get(cls, {}).items():
+            values[name] = empty(values.get(name) or ())
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable(asdict(self))  # type: ignore[call-overload, no-any-return]
@@ -79,6 +93,18 @@ class TaskRecord(_Record):
         return None if end is None else max(0.0, (end - self.started_at).total_seconds())
 
 
+#: Fields stored as nullable JSON or array columns whose NULL means "empty" in the record. Kept
+#: outside the classes: a ClassVar would show in ``__dataclass_fields__`` (the export's columns).
+_EMPTY_WHEN_NULL: dict[type[_Record], dict[str, Callable[[Any], Any]]] = {
+    TaskRecord: {"metadata": dict, "tags": list},
+}
+
+
+def task_record(row: Any) -> TaskRecord:
+    """A task row (``tracker_tasks`` columns, ``metadata_`` or ``metadata``) as a record."""
+    return TaskRecord.from_row(row)
+
+
 @dataclass(frozen=True, slots=True)
 class ProgressPoint(_Record):
     ts: datetime
@@ -126,6 +152,14 @@ class NotificationRecord(_Record):
     created_at: datetime | None = None
     delivery: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+_EMPTY_WHEN_NULL[NotificationRecord] = {"channels": list, "metadata": dict, "delivery": dict}
+
+
+def notification_record(row: Any) -> NotificationRecord:
+    """A notification row (or a mapping of its columns) as a record."""
+    return NotificationRecord.from_row(row)
 
 
 @dataclass(frozen=True, slots=True)

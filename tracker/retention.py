@@ -11,7 +11,6 @@ work twice.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tracker.plan import Connect, Pause, Plan, Sql, run_async, run_sync
 from tracker.vocabulary import TERMINAL, status_sql_list
 
 __all__ = [
@@ -126,65 +126,52 @@ _LOCK = text("SELECT pg_try_advisory_lock(:k)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:k)")
 
 
-def purge(engine: Engine, older_than: Any, *, batch_size: int = DEFAULT_BATCH, pause: float = 0.0) -> PurgeResult:
-    """Delete everything older than ``older_than`` (e.g. ``"30d"``) in committed batches."""
+def _batches(result: PurgeResult, n: int, pause: float) -> Plan[PurgeResult]:
+    """The purge, once: lock, every target in committed batches of ``n``, unlock."""
+    if not (yield Sql(_LOCK, {"k": PURGE_LOCK}, read=_scalar, commit=True)):
+        result.skipped = True
+        return result
+    try:
+        for name, table, column, condition in TARGETS:
+            stmt = batch_statement(table, column, condition)
+            total = 0
+            while True:
+                # one short transaction per batch
+                count = yield Sql(stmt, {"cutoff": result.cutoff, "n": n}, read=_rowcount, commit=True)
+                result.batches += 1
+                total += count
+                if count < n:
+                    break
+                yield Pause(pause)
+            result.deleted[name] = total
+    finally:
+        yield Sql(_UNLOCK, {"k": PURGE_LOCK}, commit=True)
+    return result
+
+
+def _plan(older_than: Any, batch_size: int, pause: float) -> Plan[PurgeResult]:
     n = check_batch(batch_size)
     result = PurgeResult(cutoff_for(older_than))
     t0 = time.monotonic()
-    with engine.connect() as conn:
-        got = conn.execute(_LOCK, {"k": PURGE_LOCK}).scalar()
-        conn.commit()
-        if not got:
-            result.skipped = True
-            return result
-        try:
-            for name, table, column, condition in TARGETS:
-                stmt = batch_statement(table, column, condition)
-                total = 0
-                while True:
-                    count = conn.execute(stmt, {"cutoff": result.cutoff, "n": n}).rowcount
-                    conn.commit()  # one short transaction per batch
-                    result.batches += 1
-                    total += count
-                    if count < n:
-                        break
-                    if pause:
-                        time.sleep(pause)
-                result.deleted[name] = total
-        finally:
-            conn.execute(_UNLOCK, {"k": PURGE_LOCK})
-            conn.commit()
+    yield Connect(_batches(result, n, pause))
     result.seconds = time.monotonic() - t0
     return result
+
+
+def _scalar(r: Any) -> Any:
+    return r.scalar()
+
+
+def _rowcount(r: Any) -> int:
+    return int(r.rowcount)
+
+
+def purge(engine: Engine, older_than: Any, *, batch_size: int = DEFAULT_BATCH, pause: float = 0.0) -> PurgeResult:
+    """Delete everything older than ``older_than`` (e.g. ``"30d"``) in committed batches."""
+    return run_sync(_plan(older_than, batch_size, pause), engine=engine)
 
 
 async def purge_async(engine: AsyncEngine, older_than: Any, *, batch_size: int = DEFAULT_BATCH,
                       pause: float = 0.01) -> PurgeResult:
     """:func:`purge` on an asyncio engine; ``pause`` between batches leaves room for other work."""
-    n = check_batch(batch_size)
-    result = PurgeResult(cutoff_for(older_than))
-    t0 = time.monotonic()
-    async with engine.connect() as conn:
-        got = (await conn.execute(_LOCK, {"k": PURGE_LOCK})).scalar()
-        await conn.commit()
-        if not got:
-            result.skipped = True
-            return result
-        try:
-            for name, table, column, condition in TARGETS:
-                stmt = batch_statement(table, column, condition)
-                total = 0
-                while True:
-                    count = (await conn.execute(stmt, {"cutoff": result.cutoff, "n": n})).rowcount
-                    await conn.commit()
-                    result.batches += 1
-                    total += count
-                    if count < n:
-                        break
-                    await asyncio.sleep(pause)
-                result.deleted[name] = total
-        finally:
-            await conn.execute(_UNLOCK, {"k": PURGE_LOCK})
-            await conn.commit()
-    result.seconds = time.monotonic() - t0
-    return result
+    return await run_async(_plan(older_than, batch_size, pause), engine=engine)

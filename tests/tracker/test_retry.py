@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tracker.retry import reconnecting
+from tracker.retry import Backoff, reconnecting
 
 
 async def test_a_failing_step_is_retried_with_growing_pauses_until_it_succeeds() -> None:
@@ -41,3 +41,15 @@ async def test_cancellation_is_never_retried() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert errors == []
+
+
+def test_a_loop_that_cannot_block_gets_the_same_pauses_from_backoff() -> None:
+    # The bus's and the recorder's sender threads keep buffering while a server is away: they ask
+    # the same policy for the next pause instead of blocking in a retry.
+    backoff = Backoff(first=0.1, most=0.3)
+    assert backoff.delay == 0.0
+    assert [backoff.failed() for _ in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.3])
+    assert backoff.failures == 4 and backoff.delay == pytest.approx(0.3)
+    backoff.reset()
+    assert (backoff.failures, backoff.delay) == (0, 0.0)
+    assert backoff.failed() == pytest.approx(0.1)  # a new outage starts from ``first`` again
