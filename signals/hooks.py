@@ -329,6 +329,8 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
     group = request.group
     eta = rt.recorder.median_runtime(task_type) if rt.recorder is not None else None
     published = getattr(request, PUBLISHED_HEADER, None) or from_headers_value(request, PUBLISHED_HEADER)
+    if isinstance(published, (int, float)):
+        active.queue_wait = max(0.0, active.started_wall - float(published))
     rt.reporter.started(
         task_id,
         user_id=ctx.user_id,
@@ -348,10 +350,9 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
         # A tracked producer stored the arguments already (its header says so): redact only once.
         **(_argument_fields(rt.config, request.args, request.kwargs) if published is None else {}),
         received_at=_float_or_none(getattr(request, RECEIVED_HEADER, None)),
+        # The task.queue_wait figure: a column of the row, written with this state (tracker.figures).
+        queue_wait=active.queue_wait,
     )
-    if isinstance(published, (int, float)):
-        rt.reporter.metric("task.queue_wait", max(0.0, active.started_wall - float(published)), unit="seconds",
-                           task_id=task_id, task_type=task_type, user_id=ctx.user_id, publish=False)
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -389,11 +390,20 @@ def on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any = 
         run_time = time.monotonic() - active.started
         cpu = time.process_time() - active.cpu0
         growth = float(max(0, _maxrss() - active.rss0))
-        for name, value, unit in (("task.run_time", run_time, "seconds"), ("task.cpu_time", cpu, "seconds"),
-                                  ("task.memory_growth", growth, "bytes"),
-                                  ("task.retries", float(active.retries), "count")):
-            rt.reporter.metric(name, value, unit=unit, task_id=task_id, task_type=active.task_type,
-                               user_id=active.user_id, publish=False)
+        if state != "RETRY":
+            # Columns of the task row, merged with its final state in the same write.
+            rt.reporter.figures(task_id, run_time=run_time, cpu_time=cpu, memory_growth=growth)
+        else:
+            # The next run overwrites the columns: a retried run keeps its figures as rows.
+            samples: list[tuple[str, float, str, float | None]] = [
+                ("task.run_time", run_time, "seconds", None), ("task.cpu_time", cpu, "seconds", None),
+                ("task.memory_growth", growth, "bytes", None),
+                ("task.retries", float(active.retries), "count", None)]
+            if active.queue_wait is not None:
+                samples.append(("task.queue_wait", active.queue_wait, "seconds", active.started_wall))
+            for name, value, unit, ts in samples:
+                rt.reporter.metric(name, value, unit=unit, task_id=task_id, task_type=active.task_type,
+                                   user_id=active.user_id, ts=ts, publish=False)
         if rt.recorder is not None:
             rt.recorder.finished_run(active.task_type)
     if rt.config.durable:

@@ -41,6 +41,7 @@ class ActiveTask:
     cpu0: float = field(default_factory=time.process_time)
     rss0: int = 0
     retries: int = 0
+    queue_wait: float | None = None  # publish to start, when a tracked producer stamped the publish
     progress: float = 0.0
     progress_started: float | None = None  # monotonic time of the first progress report
     progress_first: float = 0.0

@@ -87,6 +87,12 @@ class Task(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     heartbeat_at: Mapped[datetime | None] = mapped_column()
     stalled_at: Mapped[datetime | None] = mapped_column()
+    # The automatic per-task figures (seconds, seconds, seconds, bytes) of the last run; queries
+    # read them as the samples task.queue_wait, task.run_time, task.cpu_time, task.memory_growth.
+    queue_wait: Mapped[float | None] = mapped_column(Double)
+    run_time: Mapped[float | None] = mapped_column(Double)
+    cpu_time: Mapped[float | None] = mapped_column(Double)
+    memory_growth: Mapped[float | None] = mapped_column(Double)
 
     __table_args__ = (
         CheckConstraint(f"status IN {_STATUSES}", name="tracker_tasks_status_check"),

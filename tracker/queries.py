@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
+    BigInteger,
     Integer,
     Select,
     and_,
@@ -31,12 +32,14 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH, aggregate_order_by, distinct_on
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import Double, Text
 
+from tracker.figures import BY_NAME, FIGURE_COLUMNS, FIGURES, Figure
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog, Worker, WorkerProcess
 from tracker.records import GroupProgress
 from tracker.status import check_status
@@ -51,7 +54,7 @@ __all__ = [
     "throughput_series", "activity_heatmap", "notification_by_id", "mark_notification_read", "delete_notification",
     "mark_notification_unread", "undelivered_notifications",
     "dashboards", "dashboard_by_id", "insert_dashboard", "delete_dashboard", "task_counts",
-    "notification_deliveries", "metric_samples_after", "max_metric_id",
+    "notification_deliveries", "metric_samples_after", "max_metric_id", "finished_figures_after", "store_now",
     "QUEUE_DEPTH_METRIC", "worker_online", "count_online_workers", "workers", "queue_consumers", "recent_queues",
     "latest_queue_depths", "queue_depth_series", "glob_like", "failure_rate", "worker_heartbeat_age",
     "database_clock",
@@ -178,7 +181,9 @@ def _where_eq(q: Stmt, column: Any, name: str, value: Any) -> Stmt:
 
 # -- tasks -----------------------------------------------------------------------------------------
 def task_columns() -> list[Any]:
-    cols = [c for c in Task.__table__.c if c.name not in ("status_ts", "worker_pid", "progress_at")]
+    # The automatic figures are read as metric samples (tracker.figures), not as task fields.
+    hidden = {"status_ts", "worker_pid", "progress_at", *FIGURE_COLUMNS}
+    cols = [c for c in Task.__table__.c if c.name not in hidden]
     return cols
 
 
@@ -324,15 +329,55 @@ def progress_history(task_id: str, limit: int = 100_000) -> Stmt:
     return q
 
 
+def _figure_samples(fig: Figure) -> tuple[Stmt, Any]:
+    """Samples of one automatic figure from the task rows, and the column giving their time."""
+    ts = getattr(Task, fig.at)
+    q: Stmt = select(literal(fig.name, Text).label("name"), cast(getattr(Task, fig.column), Double).label("value"),
+                     literal(fig.unit, Text).label("unit"), literal_column("'{}'::jsonb").label("labels"),
+                     Task.task_id, Task.task_type, Task.user_id, ts.label("ts"), literal(0, BigInteger).label("id"))
+    if fig.at == "started_at":
+        # While a retried task waits (pending again), the column still holds the retried run's
+        # wait, which that run stored as a row: the next start replaces it.
+        return q.where(Task.queue_wait.is_not(None), Task.status != "pending"), ts
+    # Ended runs only (the columns are written as a run ends); this also lets the finished_at
+    # range use the retention index.
+    return q.where(Task.run_time.is_not(None), Task.status.in_(_FINISHED)), ts
+
+
+def _samples(name: Any = None, *, task_id: Any = None, user_id: Any = None, task_type: Any = None,
+             since: Any = None, until: Any = None) -> Any:
+    """Every metric sample as one subquery (``name, value, unit, labels, task_id, task_type,
+    user_id, ts, id``): the rows of ``tracker_metrics`` and the automatic figures of the task
+    rows (:mod:`tracker.figures`). Each filter goes into each part so its indexes serve it."""
+    name = _opt_str("name", name)
+    task_id = _opt_str("task_id", task_id)
+    user_id = _opt_str("user_id", user_id)
+    task_type = _opt_str("task_type", task_type)
+    t0, t1 = parse_time(since, "since"), parse_time(until, "until")
+
+    def narrowed(q: Stmt, model: Any, ts: Any) -> Stmt:
+        for column, value in ((model.task_id, task_id), (model.user_id, user_id), (model.task_type, task_type)):
+            if value is not None:
+                q = q.where(column == value)
+        return _in_range(q, ts, t0, t1)
+
+    rows: Stmt = select(Metric.name, Metric.value, Metric.unit, Metric.labels, Metric.task_id, Metric.task_type,
+                        Metric.user_id, Metric.ts, Metric.id)
+    if name is not None:
+        rows = rows.where(Metric.name == name)
+    parts = [narrowed(rows, Metric, Metric.ts)]
+    for fig in FIGURES if name is None else [BY_NAME[name]] if name in BY_NAME else []:
+        q, ts = _figure_samples(fig)
+        parts.append(narrowed(q, Task, ts))
+    return (parts[0] if len(parts) == 1 else union_all(*parts)).subquery("samples")
+
+
 def metrics(name: Any = None, task_id: Any = None, since: Any = None, until: Any = None, limit: Any = None,
             user_id: Any = None) -> Stmt:
     n = check_limit(limit)
-    q = select(Metric.name, Metric.value, Metric.unit, Metric.labels, Metric.task_id, Metric.user_id, Metric.ts)
-    q = _where_eq(q, Metric.name, "name", name)
-    q = _where_eq(q, Metric.task_id, "task_id", task_id)
-    q = _where_eq(q, Metric.user_id, "user_id", user_id)
-    q = _in_range(q, Metric.ts, since, until)
-    return q.order_by(Metric.ts.desc(), Metric.id.desc()).limit(n)
+    s = _samples(name, task_id=task_id, user_id=user_id, since=since, until=until)
+    q: Stmt = select(s.c.name, s.c.value, s.c.unit, s.c.labels, s.c.task_id, s.c.user_id, s.c.ts)
+    return q.order_by(s.c.ts.desc(), s.c.id.desc()).limit(n)
 
 
 def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = None, until: Any = None,
@@ -343,24 +388,22 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
     width = parse_bucket(bucket)
     if not isinstance(agg, str) or agg not in _AGGS:
         raise ValueError(f"agg must be one of {sorted(_AGGS)}")
-    start = func.date_bin(literal(width), Metric.ts, literal(datetime(2000, 1, 1, tzinfo=UTC))).label("bucket")
+    s = _samples(name, task_type=task_type, user_id=user_id, since=since, until=until)
+    start = func.date_bin(literal(width), s.c.ts, literal(datetime(2000, 1, 1, tzinfo=UTC))).label("bucket")
     value: Any
     if agg == "avg":
-        value = func.avg(Metric.value)
+        value = func.avg(s.c.value)
     elif agg == "sum":
-        value = func.sum(Metric.value)
+        value = func.sum(s.c.value)
     elif agg == "min":
-        value = func.min(Metric.value)
+        value = func.min(s.c.value)
     elif agg == "max":
-        value = func.max(Metric.value)
+        value = func.max(s.c.value)
     elif agg == "count":
         value = func.count()
     else:
-        value = func.percentile_cont(int(agg[1:]) / 100.0).within_group(Metric.value)
-    q = select(start, value.label("value")).where(Metric.name == name)
-    q = _in_range(q, Metric.ts, since, until)
-    q = _where_eq(q, Metric.task_type, "task_type", task_type)
-    q = _where_eq(q, Metric.user_id, "user_id", user_id)
+        value = func.percentile_cont(int(agg[1:]) / 100.0).within_group(s.c.value)
+    q: Stmt = select(start, value.label("value")).select_from(s)
     return q.group_by(text("1")).order_by(text("1"))
 
 
@@ -520,10 +563,11 @@ def delete_task_logs(task_id: str) -> Any:
 def task_metrics(task_id: str, name: Any = None, limit: Any = None) -> Stmt:
     """Raw samples recorded for one task, oldest first."""
     n = check_limit(limit)
-    q = select(Metric.name, Metric.value, Metric.unit, Metric.labels, Metric.task_id, Metric.user_id, Metric.ts)
-    q = q.where(Metric.task_id == task_id)
-    q = _where_eq(q, Metric.name, "name", name)
-    return q.order_by(Metric.ts, Metric.id).limit(n)
+    if not isinstance(task_id, str):
+        raise TypeError("task_id must be a string")
+    s = _samples(name, task_id=task_id)
+    q: Stmt = select(s.c.name, s.c.value, s.c.unit, s.c.labels, s.c.task_id, s.c.user_id, s.c.ts)
+    return q.order_by(s.c.ts, s.c.id).limit(n)
 
 
 def status_counts(filters: TaskFilters) -> Stmt:
@@ -660,6 +704,18 @@ def metric_samples_after(names: Sequence[str], after_id: int, limit: int = 10_00
 
 def max_metric_id() -> Stmt:
     return select(func.coalesce(func.max(Metric.id), 0))
+
+
+def finished_figures_after(after: datetime, limit: int = 10_000) -> Stmt:
+    """``(task_id, task_type, run_time, queue_wait, finished_at)`` of runs that ended after
+    ``after``, oldest first: the automatic figures kept in task rows, for Prometheus histograms."""
+    q: Stmt = select(Task.task_id, Task.task_type, Task.run_time, Task.queue_wait, Task.finished_at)
+    q = q.where(Task.status.in_(_FINISHED), Task.finished_at > after, Task.run_time.is_not(None))
+    return q.order_by(Task.finished_at).limit(limit)
+
+
+def store_now() -> Stmt:
+    return select(func.now())
 
 
 # -- workers and queues -----------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ TASK_FIELDS = (
     "total_steps", "eta_seconds", "queue", "worker", "worker_pid", "retries", "parent_id", "root_id",
     "group_id", "args", "result", "error_type", "error_message", "traceback", "metadata", "tags",
     "published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at",
-    "heartbeat_at", "stalled_at", "kwargs", "rerun_of",
+    "heartbeat_at", "stalled_at", "kwargs", "rerun_of", "queue_wait", "run_time", "cpu_time", "memory_growth",
 )
 _TS_FIELDS = frozenset(
     {"published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at", "heartbeat_at",
@@ -46,7 +46,8 @@ _TS_FIELDS = frozenset(
 
 
 _INT_FIELDS = frozenset({"step_index", "total_steps", "worker_pid", "retries"})
-_FLOAT_FIELDS = frozenset({"status_ts", "progress", "eta_seconds"}) | _TS_FIELDS
+_FLOAT_FIELDS = frozenset({"status_ts", "progress", "eta_seconds", "queue_wait", "run_time", "cpu_time",
+                           "memory_growth"}) | _TS_FIELDS
 _JSON_TEXT_FIELDS = frozenset({"result", "metadata", "tags", "args", "kwargs"})
 
 

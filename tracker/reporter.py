@@ -126,6 +126,12 @@ class Reporter:
                 data["traceback"] = traceback
             self._publish("task.log", task_id, user_id, data, ts)
 
+    def figures(self, task_id: str, **values: float) -> None:
+        """The automatic figures of a run that ended (``run_time``, ``cpu_time``,
+        ``memory_growth``): columns of its task row, read as metric samples (tracker.figures)."""
+        if self.recorder is not None:
+            self.recorder.task(task_id, **values)
+
     def metric(self, name: str, value: float, *, unit: str | None = None, labels: dict[str, Any] | None = None,
                task_id: str | None = None, task_type: str | None = None, user_id: str | None = None,
                ts: float | None = None, publish: bool = True) -> None:

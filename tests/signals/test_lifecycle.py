@@ -12,7 +12,7 @@ def _final(tracker, task_id, statuses=("completed", "failed", "cancelled"), time
                     timeout=timeout, what=f"{task_id} in {statuses}")
 
 
-def test_success_records_the_whole_lifecycle(tracked_app, worker, tracker):
+def test_success_records_the_whole_lifecycle(tracked_app, worker, tracker, sql):
     from tests.apps.tasks import add
 
     res = add.apply_async((2, 3), queue=worker.queue)
@@ -30,6 +30,17 @@ def test_success_records_the_whole_lifecycle(tracked_app, worker, tracker):
     metrics = {m.name for m in wait_for(lambda: len(tracker.metrics(task_id=res.id)) >= 5
                                         and tracker.metrics(task_id=res.id))}
     assert {"task.queue_wait", "task.run_time", "task.cpu_time", "task.memory_growth", "task.retries"} <= metrics
+    # They are columns of the task row (one write with its states), not rows of tracker_metrics,
+    # and the queries answer for them by name as for any metric.
+    row = sql.execute("SELECT queue_wait, run_time, cpu_time, memory_growth FROM tracker_tasks WHERE task_id = %s",
+                      (res.id,)).fetchone()
+    assert row is not None and None not in row and row[0] >= 0 and row[1] > 0
+    assert sql.execute("SELECT count(*) FROM tracker_metrics WHERE task_id = %s", (res.id,)).fetchone() == (0,)
+    (run_time,) = tracker.metrics(name="task.run_time", task_id=res.id)
+    assert (run_time.value, run_time.unit, run_time.ts) == (row[1], "seconds", rec.finished_at)
+    (wait,) = tracker.metrics(name="task.queue_wait", task_id=res.id)
+    assert (wait.value, wait.ts) == (row[0], rec.started_at)
+    assert sum(v for _, v in tracker.metric_series("task.run_time", agg="count", task_type="tests.add")) >= 1
 
 
 def test_failure_records_error_and_traceback(tracked_app, worker, tracker):
@@ -53,6 +64,13 @@ def test_retry_then_success(tracked_app, worker, tracker):
     assert rec.result == "ok"
     # The error of the retried attempt does not stick to the completed task.
     assert (rec.error_type, rec.error_message, rec.traceback) == (None, None, None)
+    # Each run keeps its figures: the retried one as rows, the last one in the task row.
+    samples = wait_for(lambda: len(ms := tracker.metrics(task_id=res.id)) >= 10 and ms)
+    by_name: dict[str, list[float]] = {}
+    for m in samples:
+        by_name.setdefault(m.name, []).append(m.value)
+    assert sorted(by_name["task.retries"]) == [0.0, 1.0]
+    assert len(by_name["task.run_time"]) == len(by_name["task.queue_wait"]) == len(by_name["task.cpu_time"]) == 2
 
 
 def test_published_but_never_consumed_is_pending(tracked_app, tracker):

@@ -251,6 +251,18 @@ async def test_oversized_message_closes_with_1009_and_others_are_served(feed_gat
         assert await recv(bystander) == {"type": "pong"}
 
 
+async def test_a_subscribe_ends_the_readers_idle_wait(feed_gateway, publisher):
+    # With nobody subscribed the reader waits after a short read so the next XREAD takes a batch;
+    # here the wait is far longer than the test, and a subscribe must end it at once.
+    gw = await feed_gateway(settings=FeedSettings(idle_read_gap=3600.0))
+    me = uid()
+    await caught_up(gw, publisher.progress("t-" + me, me, 1.0))  # read while nobody listens: it waits now
+    async with ws_connect(gw.url(me)) as ws:
+        await subscribe(ws, f"user:{me}")
+        eid = publisher.progress("t-" + me, me, 2.0)
+        assert (await recv(ws))["id"] == eid
+
+
 # -- resume ------------------------------------------------------------------------------------------------
 async def test_resume_with_since_gets_exactly_the_missed_events(feed_gateway, publisher):
     gw = await feed_gateway()

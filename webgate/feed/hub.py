@@ -20,6 +20,7 @@ decided without reading the stream (:mod:`webgate.feed.replay_bound`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -74,6 +75,10 @@ class FeedSettings:
     #: XREAD BLOCK milliseconds and COUNT.
     block_ms: int = 1000
     read_count: int = 1000
+    #: Seconds the reader waits after a short read while no socket subscribes to anything, so the
+    #: next XREAD takes a batch: per-XREAD work was most of an idle gateway's CPU. A subscribe ends
+    #: the wait at once; with subscribers the reader never waits (0 turns this off).
+    idle_read_gap: float = 0.05
     #: Recently started tasks remembered (owner, group) for authorisation and group routing.
     known_tasks: int = 50_000
     #: SO_SNDBUF of each WebSocket (0: the kernel's autotuning, up to several MiB per socket). A cap
@@ -162,6 +167,7 @@ class Hub:
         self.last_id: str | None = None
         self.backlogged: set[Conn] = set()
         self._wake = asyncio.Event()
+        self._subscribed = asyncio.Event()
         self._seq = 0
         #: task id -> (user id, group id) of recently published/started tasks.
         self.recent: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
@@ -270,7 +276,17 @@ class Hub:
         """Route ``topic`` to ``conn`` from the next batch on; returns the last id routed so far."""
         self.topics.setdefault(topic, set()).add(conn)
         conn.topics.add(topic)
+        self._subscribed.set()
         return self.last_id
+
+    async def idle_gap(self) -> None:
+        """Wait ``idle_read_gap`` while nobody subscribes (see :class:`FeedSettings`); a subscribe ends it."""
+        self._subscribed.clear()
+        if self.topics or self.settings.idle_read_gap <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.idle_read_gap):
+                await self._subscribed.wait()
 
     def unsubscribe(self, conn: Conn, topic: str) -> None:
         conn.topics.discard(topic)

@@ -117,7 +117,9 @@ class StreamReader:
                 self._lost = False
             self.connected = True
             delay = 0.05
+            read = 0
             for _name, entries in resp or ():
+                read += len(entries)
                 events, last = _decode_all(entries)
                 if last is not None:
                     hub.last_id = last
@@ -125,6 +127,8 @@ class StreamReader:
                     hub.route(events)
                 except Exception:  # a bug in routing must not stop the feed
                     logger.exception("feed: routing failed")
+            if 0 < read < self.count and not hub.topics:
+                await hub.idle_gap()
 
     async def _drop(self) -> None:
         client, self._client = self._client, None

@@ -4,7 +4,8 @@ Each app has its own ``CollectorRegistry`` (never the process-global one, so sev
 one process - tests, embedding - do not collide). A scrape refreshes, at most every
 ``CACHE_SECONDS``, a snapshot read from PostgreSQL (tasks by status and type, notification
 deliveries by channel and status) and feeds the duration and queue-wait histograms with the
-``task.run_time`` / ``task.queue_wait`` samples workers stored since the previous refresh.
+``task.run_time`` / ``task.queue_wait`` figures of the runs that ended since the previous
+refresh (columns of the task rows; retried runs keep theirs as metric rows, read by id).
 Live figures (recorder and bus buffers and drops, feed connections and events) are read from
 the gateway's objects at collection time; modules that are not installed are skipped.
 """
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -41,6 +43,11 @@ _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
 _SAMPLE_NAMES = ("task.run_time", "task.queue_wait")
 #: Samples read per refresh; the rest are picked up by the next one.
 _MAX_SAMPLES = 50_000
+#: Task rows arrive in batches, a little after their finished_at: each refresh reads back this
+#: far behind the newest one it saw (rows already counted are remembered, for this long).
+_LATE_ROWS = timedelta(seconds=10)
+#: Pages of _MAX_SAMPLES task rows read per refresh at most; the rest wait for the next one.
+_MAX_PAGES = 20
 
 
 @dataclass
@@ -63,6 +70,8 @@ class PrometheusState:
                                     ["task_type"], registry=self.registry, buckets=_DURATION_BUCKETS)
         self.snapshot = _Snapshot()
         self.after_id: int | None = None
+        self.finished_after: datetime | None = None
+        self._counted: dict[str, datetime] = {}  # task_id -> finished_at, within _LATE_ROWS
         self.refresh_errors = 0
         self._lock = asyncio.Lock()
         self.registry.register(_GatewayCollector(app, self))
@@ -94,9 +103,41 @@ class PrometheusState:
                 hist = self.durations if r.name == "task.run_time" else self.queue_wait
                 hist.labels(task_type=r.task_type or "").observe(max(0.0, float(r.value)))
                 self.after_id = max(self.after_id, int(r.id))
+        await self._read_finished(app)
         workers = [(r.hostname, r.status, len(r.active or ()))
                    for r in await fetch_all(app, q.workers(app[CONFIG].worker_lost_after))]
         self.snapshot = _Snapshot(tasks, deliveries, workers, self.snapshot.taken, True)
+
+    async def _read_finished(self, app: web.Application) -> None:
+        """Observe the figures of the task rows that ended since the last refresh (each once)."""
+        first = self.finished_after is None
+        if self.finished_after is None:
+            row = await fetch_one(app, q.store_now())
+            if row is None:
+                return
+            self.finished_after = row[0]
+        after: datetime = self.finished_after
+        lower = after - _LATE_ROWS
+        counted = self._counted
+        for _ in range(_MAX_PAGES):
+            rows = await fetch_all(app, q.finished_figures_after(lower, _MAX_SAMPLES))
+            for r in rows:
+                if r.task_id in counted:
+                    continue
+                counted[r.task_id] = r.finished_at
+                after = max(after, r.finished_at)
+                if first:
+                    continue  # ended before this gateway counted (as metric rows up to max_metric_id)
+                labels = {"task_type": r.task_type or ""}
+                self.durations.labels(**labels).observe(max(0.0, float(r.run_time)))
+                if r.queue_wait is not None:
+                    self.queue_wait.labels(**labels).observe(max(0.0, float(r.queue_wait)))
+            if len(rows) < _MAX_SAMPLES:
+                break
+            lower = rows[-1].finished_at
+        self.finished_after = after
+        horizon = after - _LATE_ROWS
+        self._counted = {k: v for k, v in counted.items() if v > horizon}
 
 
 class _GatewayCollector(Collector):

@@ -10,7 +10,7 @@ everything else ``rest``, the least trusted origin, because old client posts can
 apart from ``Tracker.notify`` ones.
 
 Revision ID: 0007_notification_origin
-Revises: 0005_task_args
+Revises: 0006_write_path
 Create Date: 2026-12-02 14:40:00
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0007_notification_origin'
-down_revision: str | None = '0005_task_args'
+down_revision: str | None = '0006_write_path'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
