@@ -17,7 +17,8 @@ import pytest
 import redis as redis_lib
 from aiohttp import web
 
-from tests.conftest import Worker, eventually, forget_notifications, user_ids, wait_for
+from tests.conftest import Worker, forget_notifications, user_ids, wait_for
+from tests.conftest import eventually as until  # the suite's async poll, under this module's old name
 from tests.webgate.test_notifications import Receiver, serve
 from tracker import Tracker
 from tracker import alerts as al
@@ -207,7 +208,7 @@ async def test_queue_depth_fires_once_per_queue_and_episode_across_a_restart(tra
 
     async def wait_passes_here(app: Any, more: int) -> None:
         target = app[ALERTS].passes + more
-        await eventually(lambda: app[ALERTS].passes >= target, what=f"{more} alert passes")
+        await until(lambda: app[ALERTS].passes >= target, what=f"{more} alert passes")
 
     # An episode of a rule that is no longer configured is forgotten.
     rdb.hset(al.state_key(prefix), "atest-gone|queue_depth>1|x", json.dumps({"episode": "1", "notified": True}))
@@ -215,7 +216,7 @@ async def test_queue_depth_fires_once_per_queue_and_episode_across_a_restart(tra
         # A sample older than tracker_alert_sample_max_age says nothing: qc never fires.
         tracker.reporter.metric(q.QUEUE_DEPTH_METRIC, 500, labels={"queue": qc}, ts=time.time() - 120)
         sample(**{qa: 25, qb: 5})
-        await eventually(lambda: fired(qa), what="the queue-depth alert")
+        await until(lambda: fired(qa), what="the queue-depth alert")
         sample(**{qa: 30, qb: 10})
         await wait_passes_here(app, 3)
         assert episode(rdb, prefix, "atest-gone|queue_depth>1|x") is None
@@ -224,12 +225,12 @@ async def test_queue_depth_fires_once_per_queue_and_episode_across_a_restart(tra
         assert row["metadata"]["trigger"] == "queue_depth>20" and row["metadata"]["value"] == 25.0
         assert row["metadata"]["queue"] == qa
         assert row["title"] == f"Queue {qa} has 25 messages waiting (above 20)"
-        await eventually(lambda: tracker.notification(row["id"]).delivery["websocket"]["status"] == "sent",
+        await until(lambda: tracker.notification(row["id"]).delivery["websocket"]["status"] == "sent",
                     what="in-app delivery")
 
         # Another queue has its own episode.
         sample(**{qb: 21})
-        await eventually(lambda: fired(qb), what="the second queue's alert")
+        await until(lambda: fired(qb), what="the second queue's alert")
         assert fired(qb)[0]["metadata"]["value"] == 21.0 and len(fired(qa)) == 1
 
     # A restarted gateway carries on with the same episodes: both queues are still deep, nothing new.
@@ -240,10 +241,10 @@ async def test_queue_depth_fires_once_per_queue_and_episode_across_a_restart(tra
 
         # Back under the threshold and over it again: a new episode for qa.
         sample(**{qa: 3})
-        await eventually(lambda: episode(rdb, prefix, f"{rule_id}|queue_depth>20|{qa}") is None,
+        await until(lambda: episode(rdb, prefix, f"{rule_id}|queue_depth>20|{qa}") is None,
                     what="qa's episode to clear")
         sample(**{qa: 40})
-        await eventually(lambda: len(fired(qa)) == 2, what="qa's second episode")
+        await until(lambda: len(fired(qa)) == 2, what="qa's second episode")
         await wait_passes_here(app, 3)
         assert [r["metadata"]["value"] for r in fired(qa)] == [25.0, 40.0]
         assert len({r["metadata"]["episode"] for r in fired(qa)}) == 2
@@ -270,13 +271,13 @@ async def test_queue_depth_alert_from_the_gateways_own_sampler(tracker_env, trac
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        (row,) = await eventually(lambda: alert_rows(sql, rule_id), timeout=30, what="the sampled queue-depth alert")
+        (row,) = await until(lambda: alert_rows(sql, rule_id), timeout=30, what="the sampled queue-depth alert")
         assert row["user_id"] == user and row["metadata"]["trigger"] == "queue_depth>20"
         assert row["metadata"]["queue"] == queue and row["metadata"]["value"] == 25.0
         field = f"{rule_id}|queue_depth>20|{queue}"
         assert episode(rdb, prefix, field) is not None
         make_worker(queue=queue, extra_env=FAST)
-        await eventually(lambda: episode(rdb, prefix, field) is None, timeout=30, what="the episode to clear")
+        await until(lambda: episode(rdb, prefix, field) is None, timeout=30, what="the episode to clear")
         assert len(alert_rows(sql, rule_id)) == 1
     finally:
         await runner.cleanup()
@@ -302,15 +303,15 @@ async def test_no_workers_fires_only_once_no_worker_was_online_for_the_window(
                   stall_after=1.0)
     async with serve(cfg) as app:
         evaluator = app[ALERTS]
-        await eventually(lambda: evaluator.passes >= 5, what="five passes")
+        await until(lambda: evaluator.passes >= 5, what="five passes")
         assert online() > 0  # the worker was online through those passes: nothing fired
         assert alert_rows(sql, rule_id) == []
 
         worker.kill()
-        rows = await eventually(lambda: len(alert_rows(sql, rule_id)) >= 2 and alert_rows(sql, rule_id), timeout=30,
+        rows = await until(lambda: len(alert_rows(sql, rule_id)) >= 2 and alert_rows(sql, rule_id), timeout=30,
                            what="the no-workers alert")
         target = evaluator.passes + 3
-        await eventually(lambda: evaluator.passes >= target, what="three more passes")
+        await until(lambda: evaluator.passes >= target, what="three more passes")
         rows = alert_rows(sql, rule_id)
         assert len(rows) == 2 and {r["user_id"] for r in rows} == {alice, bob}
         for r in rows:
@@ -318,5 +319,5 @@ async def test_no_workers_fires_only_once_no_worker_was_online_for_the_window(
             assert r["metadata"]["value"] >= 2.0 and r["priority"] == "urgent"
             assert r["channels"] == ["websocket"] and r["task_id"] is None
         # The same sweeper took the killed worker's task for lost (no stale running row is left behind).
-        await eventually(lambda: getattr(tracker.get(busy.id), "status", None) == "failed", what="the task marked lost")
+        await until(lambda: getattr(tracker.get(busy.id), "status", None) == "failed", what="the task marked lost")
         assert tracker.get(busy.id).error_type == "worker-lost"
