@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.workers import ROOT
-from tracker.demo.services import free_port
+from tracker.demo.services import free_port, stop_process
 
 __all__ = ["Service", "start_gateway", "start_flower"]
 
@@ -54,20 +53,7 @@ class Service:
         raise TimeoutError(f"{self.name} did not answer {self.url} in {timeout}s: {self.log()[-2000:]}")
 
     def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_process(self.proc, timeout)
 
 
 def start_gateway(env: dict[str, str], logdir: Path) -> Service:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from tracker.demo.services import stop_process
 
 __all__ = ["BenchWorker", "ROOT"]
 
@@ -62,17 +63,4 @@ class BenchWorker:
         self.app.control.cancel_consumer(queue, destination=[self.name], reply=True, timeout=5)
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+        stop_process(self.proc, timeout)

@@ -6,6 +6,8 @@ Throw-away servers are started from the local binaries unless
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -14,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 import pytest
@@ -22,7 +24,7 @@ import redis as redis_lib
 
 from tracker import Tracker
 from tracker.config import TrackerConfig
-from tracker.demo.services import PostgresServer, RedisServer
+from tracker.demo.services import PostgresServer, RedisServer, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-of-the-celery-tracking-suite"  # >= 32 bytes, as HS256 wants
@@ -38,6 +40,63 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "", interval: float = 0.1) -> Any:
+    """``wait_for`` for async tests: polls without blocking the event loop (which may serve the
+    gateway under test). ``check`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+
+
+#: Chromium's flags for tests: headless on a shared machine, no sandbox (root), nothing in the background.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright's sync API, for the module's tests."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is needed (apt-get install -y chromium)"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def user_ids(prefix: str) -> Callable[[str], str]:
+    """``uid(role)``: a fresh user id ``<prefix>-<role>-<hex>``; a module's prefix lets it clean up after itself."""
+
+    def uid(role: str) -> str:
+        return f"{prefix}-{role}-{uuid.uuid4().hex[:6]}"
+
+    return uid
+
+
+def forget_notifications(where: str) -> Any:
+    """A module-scoped autouse fixture deleting the notifications that match ``where`` (SQL) when the
+    module ends: rows left pending would otherwise be queued again by later gateways of the session."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def _forget(database_url: str) -> Iterator[None]:
+        yield
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DELETE FROM tracker_notifications WHERE {where}")
+
+    return _forget
 
 
 # The servers come from the installed pytest plugin (tracker.testing): one harness for users and us.
@@ -154,12 +213,7 @@ class Worker:
         return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -174,18 +228,29 @@ def worker(tracker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     w.stop()
 
 
-@pytest.fixture()
-def make_worker(tracker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
+class _Stoppable(Protocol):
+    def stop(self) -> Any: ...
 
-    def make(**kw: Any) -> Worker:
-        w = Worker(tracker_env, tmp_path, **kw)
-        started.append(w)
-        return w
+
+_S = TypeVar("_S", bound=_Stoppable)
+
+
+def stopped_after(start: Callable[..., _S]) -> Iterator[Callable[..., _S]]:
+    """The body of a factory fixture: yields ``start`` and stops whatever it started, once the test ends."""
+    started: list[_S] = []
+
+    def make(**kw: Any) -> _S:
+        started.append(start(**kw))
+        return started[-1]
 
     yield make
-    for w in started:
-        w.stop()
+    for item in started:
+        item.stop()
+
+
+@pytest.fixture()
+def make_worker(tracker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    yield from stopped_after(lambda **kw: Worker(tracker_env, tmp_path, **kw))
 
 
 # -- gateway -----------------------------------------------------------------------------------------
@@ -212,7 +277,6 @@ async def gateway(tracker_env: dict[str, str]) -> Any:
     from aiohttp import web
 
     from tests.apps.tasks import app as celery_app
-    from tracker.demo.services import free_port
     from webgate import create_app
 
     port = free_port()
@@ -232,7 +296,6 @@ class GatewayProcess(Gateway):
 
     def __init__(self, env: dict[str, str], tmp: Path, port: int | None = None,
                  extra_env: dict[str, str] | None = None) -> None:
-        from tracker.demo.services import free_port
 
         super().__init__(port or free_port())
         self.env = {**os.environ, **env, **(extra_env or {}), "PYTHONPATH": str(ROOT)}
@@ -261,14 +324,7 @@ class GatewayProcess(Gateway):
         wait_for(up, timeout=30, what="gateway /healthz")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode if self.proc is not None else None
+        return stop_process(self.proc, timeout, sig) if self.proc is not None else None
 
     def restart(self) -> None:
         self.stop()
@@ -277,13 +333,4 @@ class GatewayProcess(Gateway):
 
 @pytest.fixture()
 def gateway_process(tracker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    started: list[GatewayProcess] = []
-
-    def make(**kw: Any) -> GatewayProcess:
-        gp = GatewayProcess(tracker_env, tmp_path, **kw)
-        started.append(gp)
-        return gp
-
-    yield make
-    for gp in started:
-        gp.stop()
+    yield from stopped_after(lambda **kw: GatewayProcess(tracker_env, tmp_path, **kw))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -29,21 +29,33 @@ __all__ = ["TrackedApp", "tracker_postgres", "tracker_redis", "tracker_database_
            "track_app"]
 
 
+_Server = TypeVar("_Server", PostgresServer, RedisServer)
+
+
+def _server_or_url(env: str, server: type[_Server], prepare: Callable[[str], object] | None = None,
+                   ) -> Iterator[_Server | str]:
+    """The URL in ``env`` when it is set, else a throw-away ``server``, cleaned up afterwards;
+    ``prepare(url)`` runs on either before it is yielded (the migrations, for PostgreSQL)."""
+    url = os.environ.get(env)
+    if url:
+        if prepare is not None:
+            prepare(url)
+        yield url
+        return
+    started = server().start()
+    try:
+        if prepare is not None:
+            prepare(started.url)
+        yield started
+    finally:
+        started.cleanup()
+
+
 @pytest.fixture(scope="session")
 def tracker_postgres() -> Iterator[PostgresServer | str]:
     """The session's PostgreSQL, migrated: a throw-away server (a :class:`PostgresServer`, which
     fault tests may stop and restart) or the URL in ``TRACKER_TEST_DATABASE_URL``."""
-    url = os.environ.get("TRACKER_TEST_DATABASE_URL")
-    if url:
-        upgrade(url)
-        yield url
-        return
-    server = PostgresServer().start()
-    try:
-        upgrade(server.url)
-        yield server
-    finally:
-        server.cleanup()
+    yield from _server_or_url("TRACKER_TEST_DATABASE_URL", PostgresServer, upgrade)
 
 
 @pytest.fixture(scope="session")
@@ -55,15 +67,7 @@ def tracker_database_url(tracker_postgres: PostgresServer | str) -> str:
 @pytest.fixture(scope="session")
 def tracker_redis() -> Iterator[RedisServer | str]:
     """The session's Redis: a throw-away server or the URL in ``TRACKER_TEST_REDIS_URL``."""
-    url = os.environ.get("TRACKER_TEST_REDIS_URL")
-    if url:
-        yield url
-        return
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from _server_or_url("TRACKER_TEST_REDIS_URL", RedisServer)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ disconnected banner across a gateway restart. Screenshots are kept under ``artif
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,21 +14,7 @@ import pytest
 
 from tests.conftest import ROOT, make_token, wait_for
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is needed (apt-get install -y chromium)"
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture()

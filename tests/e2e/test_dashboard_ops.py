@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.e2e.test_dashboard import ARTIFACTS, browser, page, sign_in, until  # noqa: F401
+from tests.e2e.test_dashboard import ARTIFACTS, page, sign_in, until  # noqa: F401
 
 
 def test_workers_and_queues_tabs_are_live(page, gateway_process, tracked_app, make_worker, tracker):  # noqa: F811

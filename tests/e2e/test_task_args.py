@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,9 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, GatewayProcess, make_token, wait_for
-from tests.e2e.test_dashboard import CHROMIUM_ARGS, until
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
+from tests.e2e.test_dashboard import until
 
 SECRET_KWARGS = {"password": "s3cret", "nested": {"api_key": "k"}, "n": 1}
 REDACTED_KWARGS = {"password": "[redacted]", "nested": {"api_key": "[redacted]"}, "n": 1}
@@ -216,16 +213,6 @@ async def test_rerun_without_a_celery_app_is_503(tracker_env):
                 assert "celery -A" in body["error"]["message"]
     finally:
         await runner.cleanup()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is needed (apt-get install -y chromium)"
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def open_detail(browser: Any, gw: GatewayProcess, token: str, task_id: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import redis as redis_lib
 
-__all__ = ["FeedClient", "expected_ids", "expected_by_topic", "stream_tail", "matches"]
+__all__ = ["FeedClient", "expected_ids", "expected_by_topic", "stream_tail", "matches", "caught_up"]
 
 STREAM = "tracker:events"
 
@@ -152,3 +152,18 @@ class FeedClient:
 
     def duplicates(self) -> int:
         return len(self.ids) - len(set(self.ids))
+
+
+async def caught_up(clients: list[FeedClient], want: dict[str, list[str]], since: str, timeout: float,
+                    interval: float) -> None:
+    """Wait until every client saw the last event ``want`` (:func:`expected_by_topic`) holds for its
+    topic; fail naming the clients still behind."""
+    def behind() -> list[FeedClient]:
+        return [c for c in clients if c.last_id != (want[c.topic][-1] if want[c.topic] else since)]
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while late := behind():
+        if asyncio.get_running_loop().time() > deadline:
+            e_g = [(c.topic, len(c.ids), len(want[c.topic]), c.close_codes, c.errors[-1:]) for c in late[:5]]
+            raise AssertionError(f"{len(late)} clients did not get every event after {timeout}s, e.g. {e_g}")
+        await asyncio.sleep(interval)

@@ -14,7 +14,7 @@ from typing import Any
 import redis as redis_lib
 
 from tests.conftest import make_token
-from tests.faults.feedclient import FeedClient, expected_by_topic, stream_tail
+from tests.faults.feedclient import FeedClient, caught_up, expected_by_topic, stream_tail
 from tracker.bus import EventBus
 
 N_CLIENTS = 100
@@ -65,17 +65,7 @@ async def test_gateway_restart_with_100_clients(gateway_process: Any, tracker_en
         assert counter[0] > before > 0
 
         want = expected_by_topic(rdb, sorted({c.topic for c in clients}), since)
-
-        async def caught_up() -> None:
-            while any(c.last_id != (want[c.topic][-1] if want[c.topic] else since) for c in clients):
-                await asyncio.sleep(0.1)
-
-        try:
-            await asyncio.wait_for(caught_up(), 60)
-        except TimeoutError:
-            behind = [(c.topic, len(c.ids), len(want[c.topic]), c.close_codes, c.errors[-1:]) for c in clients
-                      if c.last_id != want[c.topic][-1]]
-            raise AssertionError(f"{len(behind)} clients did not catch up, e.g. {behind[:3]}") from None
+        await caught_up(clients, want, since, timeout=60, interval=0.1)
         for c in clients:
             assert c.duplicates() == 0, c.topic
             assert c.ids == want[c.topic], f"{c.topic}: {len(c.ids)} events, stream has {len(want[c.topic])}"

@@ -20,7 +20,7 @@ import psutil
 import redis as redis_lib
 
 from tests.conftest import make_token
-from tests.faults.feedclient import FeedClient, expected_by_topic, stream_tail
+from tests.faults.feedclient import FeedClient, caught_up, expected_by_topic, stream_tail
 from tracker.bus import EventBus
 
 SECONDS = float(os.environ.get("TRACKER_SOAK_SECONDS", "10"))
@@ -97,17 +97,7 @@ async def test_soak_1000_clients(gateway_process: Any, tracker_env: dict[str, st
         t1 = time.monotonic()
         want = expected_by_topic(rdb, sorted({c.topic for c in clients}), since)
         t2 = time.monotonic()
-
-        async def caught_up() -> None:
-            while any(c.last_id != (want[c.topic][-1] if want[c.topic] else since) for c in clients):
-                await asyncio.sleep(0.2)
-
-        try:
-            await asyncio.wait_for(caught_up(), 60)
-        except TimeoutError:
-            behind = [(c.topic, len(c.ids), len(want[c.topic]), c.close_codes) for c in clients
-                      if c.last_id != (want[c.topic][-1] if want[c.topic] else since)]
-            raise AssertionError(f"{len(behind)} reading clients did not get every event: {behind[:5]}") from None
+        await caught_up(clients, want, since, timeout=60, interval=0.2)
         print(f"phases: connect {connected:.1f}s, expected ids {t2 - t1:.1f}s, catch-up {time.monotonic() - t2:.1f}s")
         assert len(want["all"]) >= published
         missed = [c.topic for c in clients if c.ids != want[c.topic]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import forget_notifications, user_ids
 from tracker import Tracker
 from tracker import notify as nt
 from tracker.config import TrackerConfig
@@ -22,20 +22,9 @@ FAILED = Event("task.failed", "t-1", "u-1", 1000.0,
                 "started_at": 990.0, "finished_at": 1000.0}, id="1700000000000-0")
 
 
-def uid(role: str) -> str:
-    """A user id of this module's tests: their notifications are deleted when the module ends."""
-    return f"ntest-{role}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _forget_test_notifications(database_url: str) -> Iterator[None]:
-    # Rows left pending here would otherwise be queued again by later gateways of the session.
-    yield
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM tracker_notifications WHERE user_id LIKE 'ntest-%'")
-
+#: This module's user ids (and alert rules): their notifications are deleted when the module ends.
+uid = user_ids("ntest")
+_forget_test_notifications = forget_notifications("user_id LIKE 'ntest-%'")
 
 def rules(*items: dict[str, Any]) -> list[nt.Rule]:
     return nt.parse_rules(list(items))

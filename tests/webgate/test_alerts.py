@@ -17,8 +17,9 @@ import pytest
 import redis as redis_lib
 from aiohttp import web
 
-from tests.conftest import Worker, wait_for
-from tests.webgate.test_notifications import Receiver, serve, until
+from tests.conftest import Worker, forget_notifications, user_ids, wait_for
+from tests.conftest import eventually as until  # the suite's async poll, under this module's old name
+from tests.webgate.test_notifications import Receiver, serve
 from tracker import Tracker
 from tracker import alerts as al
 from tracker import notify as nt
@@ -36,17 +37,9 @@ FAST = {"TRACKER_HEARTBEAT_INTERVAL": "0.5", "TRACKER_WORKER_LOST_AFTER": "3"}
 QUICK_SWEEPS = {"TRACKER_STALL_AFTER": "1"}
 
 
-def uid(role: str) -> str:
-    return f"atest-{role}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _forget_test_alerts(database_url: str) -> Iterator[None]:
-    # Rows left pending would otherwise be queued again by later gateways of the session.
-    yield
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM tracker_notifications WHERE metadata->>'rule' LIKE 'atest-%'")
-
+#: This module's user ids (and alert rules): their notifications are deleted when the module ends.
+uid = user_ids("atest")
+_forget_test_alerts = forget_notifications("metadata->>'rule' LIKE 'atest-%'")
 
 @pytest.fixture()
 def receiver() -> Iterator[Receiver]:

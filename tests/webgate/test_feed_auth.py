@@ -7,6 +7,8 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import jwt
@@ -51,6 +53,20 @@ async def authenticate(ws: ClientConnection, token: str) -> dict[str, Any]:
     return ack
 
 
+async def subscribed(ws: ClientConnection, user_id: str) -> None:
+    """Subscribe to the user's own topic and take its snapshot."""
+    await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{user_id}"}))
+    assert (await recv(ws))["type"] == "snapshot"
+
+
+@asynccontextmanager
+async def on_own_topic(gw: Any, user_id: str, token: str) -> AsyncIterator[ClientConnection]:
+    """A socket authenticated by ``token`` in its URL, subscribed to the user's topic, the snapshot taken."""
+    async with ws_connect(f"{gw.ws_url}?token={token}") as ws:
+        await subscribed(ws, user_id)
+        yield ws
+
+
 async def pong(ws: ClientConnection) -> None:
     await ws.send(json.dumps({"op": "ping"}))
     assert await recv(ws) == {"type": "pong"}
@@ -61,9 +77,7 @@ async def test_socket_is_closed_with_4001_when_its_token_expires(feed_gateway, p
     gw = await feed_gateway()
     me = uid()
     token, exp = short_token(me)
-    async with ws_connect(f"{gw.ws_url}?token={token}") as ws:
-        await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}"}))
-        assert (await recv(ws))["type"] == "snapshot"
+    async with on_own_topic(gw, me, token) as ws:
         eid = publisher.progress("t-" + me, me, 5.0)
         assert (await recv(ws))["id"] == eid  # served while the token is valid
         frames, code, at = await until_closed(ws)
@@ -77,9 +91,7 @@ async def test_refresh_with_op_auth_keeps_the_socket_open_past_the_first_exp(fee
     gw = await feed_gateway()
     me = uid()
     first, exp = short_token(me)
-    async with ws_connect(f"{gw.ws_url}?token={first}") as ws:
-        await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}"}))
-        assert (await recv(ws))["type"] == "snapshot"
+    async with on_own_topic(gw, me, first) as ws:
         # A bad refresh is refused with an error; the connection goes on with the old token.
         for bad in ["garbage", jwt.encode({"sub": me, "exp": int(exp) + 60}, "x" * 40, algorithm="HS256"), 42]:
             await ws.send(json.dumps({"op": "auth", "token": bad}))
@@ -186,8 +198,7 @@ async def test_subscribe_flood_gets_rate_limited_and_the_socket_stays_open(feed_
         await pong(ws)
         # Once the bucket refills, subscribes are served again.
         await asyncio.sleep(0.5)
-        await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}"}))
-        assert (await recv(ws))["type"] == "snapshot"
+        await subscribed(ws, me)
 
 
 async def test_socket_51_of_one_user_is_refused_with_429(feed_gateway):

@@ -21,7 +21,7 @@ import redis as redis_lib
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-from tests.conftest import Worker, wait_for
+from tests.conftest import Worker, eventually, forget_notifications, user_ids, wait_for
 from tracker import Tracker
 from tracker import notify as nt
 from tracker.config import TrackerConfig
@@ -136,24 +136,18 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
         r.stop()
 
 
-def uid(role: str) -> str:
-    """A user id of this module's tests: their notifications are deleted when the module ends."""
-    return f"ntest-{role}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _forget_test_notifications(database_url: str) -> Iterator[None]:
-    # Rows left pending here would otherwise be queued again by later gateways of the session.
-    yield
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM tracker_notifications WHERE user_id LIKE 'ntest-%'")
-
+#: This module's user ids (and alert rules): their notifications are deleted when the module ends.
+uid = user_ids("ntest")
+_forget_test_notifications = forget_notifications("user_id LIKE 'ntest-%'")
 
 def new_prefix() -> str:
     """Each test gets its own stream and queues: no other gateway of the session touches them."""
     return f"tn-{uuid.uuid4().hex[:8]}"
+
+
+def own_config() -> TrackerConfig:
+    """The suite's settings on a prefix of the test's own (see :func:`new_prefix`)."""
+    return replace(TrackerConfig.from_env(), prefix=new_prefix())
 
 
 @asynccontextmanager
@@ -170,16 +164,6 @@ async def serve(config: TrackerConfig) -> AsyncIterator[web.Application]:
         await runner.cleanup()
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    """Like ``wait_for`` but yields to the event loop that runs the in-process gateway."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}: last={last!r}")
 
 
 def delivery(t: Tracker, nid: int, channel: str) -> dict[str, Any]:
@@ -346,15 +330,15 @@ async def test_a_down_channel_is_retried_with_backoff_while_others_deliver(track
         async with serve(cfg):
             rec = t.notify(user, "Nightly import failed", "disk full", type="error", priority="urgent",
                            channels=["websocket", "email", "slack", "webhook"], task_id="t-retry")
-            await until(lambda: smtp.messages and delivery(t, rec.id, "email").get("status") == "sent",
+            await eventually(lambda: smtp.messages and delivery(t, rec.id, "email").get("status") == "sent",
                         what="the e-mail")
             # The e-mail went out while the slow Slack call was still hanging and the webhook failing
             # (its success needs two backoff delays, 0.9 s at least).
             assert delivery(t, rec.id, "slack")["status"] in ("pending", "retrying")
             assert delivery(t, rec.id, "webhook")["status"] != "sent"
-            await until(lambda: delivery(t, rec.id, "websocket").get("status") == "sent", what="in-app")
+            await eventually(lambda: delivery(t, rec.id, "websocket").get("status") == "sent", what="in-app")
 
-            await until(lambda: delivery(t, rec.id, "webhook")["status"] == "sent", what="webhook success")
+            await eventually(lambda: delivery(t, rec.id, "webhook")["status"] == "sent", what="webhook success")
             hooked = delivery(t, rec.id, "webhook")
             assert hooked["attempts"] == 3
             assert "HTTP 500" in hooked["last_error"]
@@ -367,7 +351,7 @@ async def test_a_down_channel_is_retried_with_backoff_while_others_deliver(track
             assert len({h["X-Tracker-Delivery"] for _t, h, _b in hook.requests}) == 1
             assert smtp.messages[0][0] < times[2]
 
-            await until(lambda: delivery(t, rec.id, "slack")["status"] == "failed", timeout=20,
+            await eventually(lambda: delivery(t, rec.id, "slack")["status"] == "failed", timeout=20,
                         what="slack to give up")
             slacked = delivery(t, rec.id, "slack")
             assert slacked["attempts"] == 3 and "timed out" in slacked["last_error"]
@@ -450,8 +434,8 @@ async def test_a_burst_becomes_a_digest_and_users_are_rate_limited(tracker_env, 
             def digests(user: str) -> list[Any]:
                 return [n for n in t.notifications(user_id=user) if n.metadata.get("digest")]
 
-            await until(lambda: digests(burst_user) and digests(busy_user), timeout=15, what="both digests")
-            await until(lambda: len(hook.requests) >= 2 + 1 + 3 + 1, what="webhooks")
+            await eventually(lambda: digests(burst_user) and digests(busy_user), timeout=15, what="both digests")
+            await eventually(lambda: len(hook.requests) >= 2 + 1 + 3 + 1, what="webhooks")
             await asyncio.sleep(1.0)
 
             burst = t.notifications(user_id=burst_user)
@@ -512,16 +496,16 @@ async def test_events_of_a_dead_gateway_are_taken_over(tracker_env, rdb):
     try:
         async with serve(cfg) as app:
             app[NOTIFIER].claim_idle, app[NOTIFIER].claim_every = 0.3, 0.3
-            await until(lambda: len(t.notifications(user_id=user)) == 2, timeout=15, what="takeover")
-            await until(lambda: rdb.xpending(stream, group)["pending"] == 0, what="acknowledged")
+            await eventually(lambda: len(t.notifications(user_id=user)) == 2, timeout=15, what="takeover")
+            await eventually(lambda: rdb.xpending(stream, group)["pending"] == 0, what="acknowledged")
     finally:
         t.close()
 
 
 async def test_lost_queue_entries_are_requeued(tracker_env, rdb):
     """A notification stored while its queue entry was lost is found by the sweep and delivered."""
-    prefix = new_prefix()
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix)
+    cfg = own_config()
+    prefix = cfg.prefix
     t = Tracker(config=cfg)
     try:
         rec = t.notify(uid("lost"), "queued later", channels=["websocket"])
@@ -530,7 +514,7 @@ async def test_lost_queue_entries_are_requeued(tracker_env, rdb):
             conn.exec_driver_sql("UPDATE tracker_notifications SET created_at = now() - interval '1 minute' "
                                  f"WHERE id = {int(rec.id)}")
         async with serve(cfg):
-            await until(lambda: delivery(t, rec.id, "websocket").get("status") == "sent", what="requeued")
+            await eventually(lambda: delivery(t, rec.id, "websocket").get("status") == "sent", what="requeued")
         assert [json.loads(p["data"])["id"] for p in stream_notifications(rdb, prefix)] == [rec.id]
     finally:
         t.close()
@@ -542,8 +526,7 @@ async def test_in_app_notifications_reach_only_their_users_feed(tracker_env):
 
     from tests.conftest import make_token
 
-    prefix = new_prefix()
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix)
+    cfg = own_config()
     alice, bob = uid("alice"), uid("bob")
     t = Tracker(config=cfg)
 
@@ -577,7 +560,7 @@ async def test_in_app_notifications_reach_only_their_users_feed(tracker_env):
                 assert fa["data"]["id"] == to_alice.id and fa["data"]["title"] == "Your export is ready"
                 assert fa["data"]["message"] == "3 files" and fa["data"]["type"] == "success"
                 assert fa["data"]["action_url"] == "https://x/export/1" and fa["data"]["is_read"] is False
-                await until(lambda: delivery(t, to_alice.id, "websocket").get("status") == "sent",
+                await eventually(lambda: delivery(t, to_alice.id, "websocket").get("status") == "sent",
                             what="delivery recorded")
     finally:
         t.close()
@@ -585,8 +568,7 @@ async def test_in_app_notifications_reach_only_their_users_feed(tracker_env):
 
 # -- the helpers the REST API uses ---------------------------------------------------------------------
 async def test_async_helpers_scope_by_user(tracker_env):
-    prefix = new_prefix()
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix)
+    cfg = own_config()
     alice, bob = uid("alice"), uid("bob")
     async with serve(cfg) as app:
         with pytest.raises(ValueError, match="type must be one of"):

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import redis as redis_lib
 
-from tests.webgate.test_notifications import failed_event, new_prefix, serve, until
+from tests.conftest import eventually
+from tests.webgate.test_notifications import failed_event, new_prefix, serve
 from tracker import Tracker
 from tracker.config import TrackerConfig
 from tracker.events import encode
@@ -26,13 +27,13 @@ async def test_the_consume_loop_recreates_a_deleted_group_and_goes_on(tracker_en
     try:
         async with serve(cfg):
             rdb.xadd(stream, encode(failed_event("before", user, time.time())))
-            await until(lambda: len(t.notifications(user_id=user)) == 1, what="first notification")
+            await eventually(lambda: len(t.notifications(user_id=user)) == 1, what="first notification")
             rdb.delete(stream)  # takes the consumer group with it: the next read answers NOGROUP
-            await until(lambda: rdb.exists(stream) and any(g["name"] in (group, group.encode())
+            await eventually(lambda: rdb.exists(stream) and any(g["name"] in (group, group.encode())
                                                            for g in rdb.xinfo_groups(stream)),
                         what="group created again")
             rdb.xadd(stream, encode(failed_event("after", user, time.time())))
-            await until(lambda: len(t.notifications(user_id=user)) == 2, what="notified after the retry")
+            await eventually(lambda: len(t.notifications(user_id=user)) == 2, what="notified after the retry")
         assert sorted(n.task_id for n in t.notifications(user_id=user)) == ["after", "before"]
     finally:
         t.close()

@@ -3,14 +3,12 @@ clients and the gateway's own writes."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import make_token
+from tests.conftest import eventually, make_token
 from tests.webgate.rest_client import Api, new_user
 
 FAMILIES = {
@@ -36,15 +34,6 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def until(check, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"metrics never matched: {last!r}")
 
 
 async def test_exposition_parses_and_has_every_family(gateway):
@@ -79,7 +68,7 @@ async def test_counters_move_with_real_tasks(gateway, tracked_app, worker):
                   and value(now, "tracker_task_queue_wait_seconds_count", task_type="tests.add") >= waits + 3)
             return now if ok else None
 
-        after = await until(moved)
+        after = await eventually(moved)
         assert value(after, "tracker_task_duration_seconds_bucket", task_type="tests.add", le="+Inf") >= runs + 3
         assert value(after, "tracker_task_duration_seconds_sum", task_type="tests.add") > 0
         assert value(after, "tracker_events_relayed_total") > relayed  # the feed read the tasks' events
@@ -97,7 +86,7 @@ async def test_websocket_connections_and_write_path_figures(gateway):
             during = await scrape(session, gateway.base)
             assert value(during, "tracker_websocket_connections") == 1
             await Api(session, gateway.api).create(user, status="running")
-        after = await until(lambda: _closed(session, gateway.base))
+        after = await eventually(lambda: _closed(session, gateway.base))
         assert value(after, "tracker_recorder_written_total", kind="tasks") > written
         assert value(after, "tracker_bus_sent_total") >= sent + 2  # task.pending + task.started
         assert value(after, "tracker_recorder_dropped_total", kind="logs") == 0
@@ -124,7 +113,7 @@ async def test_notification_deliveries_by_channel_and_status(gateway, sql):
                     and value(now, "tracker_notifier_deliveries_total", outcome="sent")
                     >= value(before, "tracker_notifier_deliveries_total", outcome="sent") + 1)
 
-        await until(delivered, 15)
+        await eventually(delivered, 15)
         sql.execute("INSERT INTO tracker_notifications (user_id, title, channels, delivery) VALUES "
                     "(%s, 't', ARRAY['slack'], %s::jsonb)",
                     (user, json.dumps({"slack": {"status": "failed", "attempts": 5, "last_error": "500"}})))
@@ -134,4 +123,4 @@ async def test_notification_deliveries_by_channel_and_status(gateway, sql):
             now = await scrape(session, gateway.base)
             return value(now, "tracker_notification_deliveries", channel="slack", status="failed") == base + 1
 
-        await until(counted, 10)
+        await eventually(counted, 10)

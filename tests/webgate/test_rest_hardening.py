@@ -3,10 +3,8 @@ JSON bodies, the dashboard's CSP and bounded exports (concurrency per user, writ
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import eventually
 from tests.webgate.conftest import FeedGateway
 from tests.webgate.rest_client import Api, new_user
 from tracker.config import TrackerConfig
@@ -38,13 +37,6 @@ async def gateway_with(tracker_env: dict[str, str]) -> AsyncIterator[Any]:
         await gw.stop()
 
 
-async def eventually(check: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition never held")
 
 
 def error_code(body: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import eventually, wait_for
 from tests.webgate.rest_client import Api, new_user, stream_events
 
 
@@ -28,14 +28,6 @@ def task_rows(sql, task_id: str) -> int:
     return sql.execute("SELECT count(*) FROM tracker_tasks WHERE task_id = %s", (task_id,)).fetchone()[0]
 
 
-async def eventually(predicate, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {predicate}")
 
 
 # -- reads and scoping -----------------------------------------------------------------------------------

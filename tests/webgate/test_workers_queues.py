@@ -4,9 +4,7 @@ queue-depth sampler and its stored series, ``Tracker.workers()/queues()`` and th
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -17,7 +15,7 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from tests.conftest import wait_for
+from tests.conftest import eventually, wait_for
 from tests.webgate.rest_client import Api, new_user
 from tests.webgate.test_prometheus import scrape, value
 from tracker.api import Tracker
@@ -34,15 +32,6 @@ def _fast_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRACKER_QUEUE_SAMPLE_INTERVAL", "0.3")
 
 
-async def until(check: Any, timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what}: never matched; last {last!r}")
 
 
 async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, tracked_app: Any, make_worker: Any,
@@ -66,7 +55,7 @@ async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, trac
                      for h, ids in by_worker.items())
             return seen if ok else None
 
-        seen = await until(both_busy, what="both workers online running their tasks")
+        seen = await eventually(both_busy, what="both workers online running their tasks")
         for w, concurrency in ((w1, 2), (w2, 3)):
             rec = seen[w.name]
             assert rec["concurrency"] == concurrency and rec["pid"] == w.proc.pid
@@ -87,7 +76,7 @@ async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, trac
                   and value(s, "tracker_workers", status="online") >= 2)
             return s if ok else None
 
-        await until(prometheus_busy, what="Prometheus worker gauges")
+        await eventually(prometheus_busy, what="Prometheus worker gauges")
         for r in running:
             tracker.cancel(r.id)
 
@@ -95,7 +84,7 @@ async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, trac
             r = await api.admin("GET", f"/workers/{w1.name}")
             return r.body if r.body["active"] == [] and r.body["processed"] == 2 else None
 
-        await until(idle_and_counted, what="w1 idle with 2 tasks processed")
+        await eventually(idle_and_counted, what="w1 idle with 2 tasks processed")
 
         # SIGTERM: a graceful stop turns the worker offline at once (the lost window is 30 s).
         w1.stop()
@@ -145,7 +134,7 @@ async def test_queue_depth_sampled_consumed_and_stored(gateway: Any, tracked_app
             found = [i for i in r.body["items"] if i["name"] == queue]
             return found[0] if found and found[0]["depth"] == depth and found[0]["consumers"] == consumers else None
 
-        waiting = await until(lambda: item(50, 0), what="depth 50 with no consumer")
+        waiting = await eventually(lambda: item(50, 0), what="depth 50 with no consumer")
         assert waiting["oldest_age_seconds"] >= 0
         assert (await api.call("GET", "/queues", new_user())).status == 403
         live = Tracker.from_celery(tracked_app)
@@ -158,7 +147,7 @@ async def test_queue_depth_sampled_consumed_and_stored(gateway: Any, tracked_app
         assert value(s, "tracker_queue_depth", queue=queue) == 50
 
         worker = make_worker(queue=queue, extra_env=FAST)
-        await until(lambda: item(0, 1), what="depth 0 once a worker consumed the queue")
+        await eventually(lambda: item(0, 1), what="depth 0 once a worker consumed the queue")
         assert "oldest_age_seconds" not in (await item(0, 1))
         series = await api.admin("GET", "/metrics", params={"name": "tracker.queue.depth", "since": "-5m",
                                                             "bucket": "1m", "agg": "max"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import click
 
@@ -65,6 +65,26 @@ def cancel(ctx: click.Context, task_id: str, terminate: bool) -> None:
     _control(ctx, task_id, "cancel", terminate)
 
 
+class _LockedRun(Protocol):
+    """A sweep or a purge: runs under an advisory lock, so it may have been skipped."""
+
+    @property
+    def skipped(self) -> bool: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def _said_in_short(result: _LockedRun, as_json: bool, what: str) -> bool:
+    """Print ``result`` as JSON, or that another ``what`` held the lock; True when that is all there is to say."""
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return True
+    if result.skipped:
+        click.echo(f"another {what} is running; nothing done")
+        return True
+    return False
+
+
 @main.command()
 @click.option("--lost-after", type=float, default=None,
               help="Seconds without heartbeat before a task counts as lost [tracker_worker_lost_after].")
@@ -93,11 +113,7 @@ def sweep(ctx: click.Context, lost_after: float | None, stall_after: float | Non
         finally:
             if reporter is not None:
                 reporter.close(timeout=10)  # publishes the events before exiting
-    if as_json:
-        click.echo(json.dumps(result.to_dict()))
-        return
-    if result.skipped:
-        click.echo("another sweeper is running; nothing done")
+    if _said_in_short(result, as_json, "sweeper"):
         return
     click.echo(f"lost: {len(result.lost)}  stalled: {len(result.stalled)}  flags cleared: {result.flags_cleared}")
     for r in result.lost:
@@ -125,11 +141,7 @@ def purge(ctx: click.Context, older_than: str | None, batch_size: int, as_json: 
         raise click.BadParameter(str(exc)) from None
     with tracker_from_ctx(ctx) as t:
         result = retention.purge(t.engine, age, batch_size=batch_size)
-    if as_json:
-        click.echo(json.dumps(result.to_dict()))
-        return
-    if result.skipped:
-        click.echo("another purge is running; nothing done")
+    if _said_in_short(result, as_json, "purge"):
         return
     parts = "  ".join(f"{name}: {n}" for name, n in result.deleted.items())
     click.echo(f"deleted {result.total} rows older than {result.cutoff.isoformat()} in {result.batches} batches "

@@ -30,7 +30,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from tracker.demo.services import PostgresServer, RedisServer, free_port
+from tracker.demo.services import PostgresServer, RedisServer, free_port, stop_process
 from tracker.vocabulary import TERMINAL
 
 __all__ = ["demo", "Child"]
@@ -69,21 +69,7 @@ class Child:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (a warm shutdown: running tasks finish, buffers flush), then SIGKILL the group."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the session (pool children)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
 
 def _port_free(port: int) -> bool:

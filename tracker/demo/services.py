@@ -17,13 +17,36 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["free_port", "PostgresServer", "RedisServer", "find_pg_bin"]
+__all__ = ["free_port", "PostgresServer", "RedisServer", "find_pg_bin", "stop_process"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> int | None:
+    """Stop a child started with ``start_new_session=True``; return its exit code.
+
+    ``sig`` first (SIGTERM is a warm shutdown: running tasks finish, buffers flush), then
+    SIGKILL to the whole process group, which also takes leftovers such as pool children.
+    """
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+    return proc.returncode
 
 
 def find_pg_bin(name: str) -> str:

@@ -14,6 +14,7 @@ Create Date: 2026-12-02 15:00:00
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,6 +24,20 @@ revision: str = '0004_workers'
 down_revision: str | None = '0003_log_search'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+def _process_columns() -> list[sa.Column[Any]]:
+    """The heartbeat columns of one pool process: the old ``tracker_workers`` had them, and
+    ``tracker_worker_processes`` keeps them. New objects each call: a column joins one table."""
+    return [
+        sa.Column('worker_id', sa.Text(), nullable=False),
+        sa.Column('hostname', sa.Text(), nullable=False),
+        sa.Column('pid', sa.Integer(), nullable=False),
+        sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('started_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+        sa.Column('cpu_percent', sa.Double(), nullable=True),
+        sa.Column('rss_bytes', sa.BigInteger(), nullable=True),
+    ]
 
 
 def upgrade() -> None:
@@ -41,13 +56,7 @@ def upgrade() -> None:
     op.create_index('ix_tracker_workers_heartbeat', 'tracker_workers', ['heartbeat_at'], unique=False)
     op.create_table(
         'tracker_worker_processes',
-        sa.Column('worker_id', sa.Text(), nullable=False),
-        sa.Column('hostname', sa.Text(), nullable=False),
-        sa.Column('pid', sa.Integer(), nullable=False),
-        sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=False),
-        sa.Column('started_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-        sa.Column('cpu_percent', sa.Double(), nullable=True),
-        sa.Column('rss_bytes', sa.BigInteger(), nullable=True),
+        *_process_columns(),
         sa.Column('active', postgresql.ARRAY(sa.Text()), server_default=sa.text("'{}'::text[]"), nullable=False),
         sa.Column('processed', sa.BigInteger(), server_default='0', nullable=False),
         sa.PrimaryKeyConstraint('worker_id'),
@@ -66,13 +75,7 @@ def downgrade() -> None:
     op.drop_table('tracker_workers')
     op.create_table(
         'tracker_workers',
-        sa.Column('worker_id', sa.Text(), nullable=False),
-        sa.Column('hostname', sa.Text(), nullable=False),
-        sa.Column('pid', sa.Integer(), nullable=False),
-        sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=False),
-        sa.Column('started_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
-        sa.Column('cpu_percent', sa.Double(), nullable=True),
-        sa.Column('rss_bytes', sa.BigInteger(), nullable=True),
+        *_process_columns(),
         sa.Column('active', sa.Integer(), server_default='0', nullable=False),
         sa.PrimaryKeyConstraint('worker_id'),
     )
