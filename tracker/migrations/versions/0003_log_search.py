@@ -2,15 +2,9 @@
 
 A search ordered by time used to recompute ``to_tsvector`` for every row it walked; the
 stored column makes that check a lookup.
-
-Revision ID: 0003_log_search
-Revises: 0002_retention
-Create Date: 2026-11-22 21:30:00
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,8 +12,6 @@ from sqlalchemy.dialects import postgresql
 
 revision: str = '0003_log_search'
 down_revision: str | None = '0002_retention'
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

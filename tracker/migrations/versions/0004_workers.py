@@ -5,15 +5,10 @@ It becomes the worker record (node name, pid, concurrency, queues, start, gracef
 last heartbeat), kept after the worker is gone; the per-process heartbeats (CPU, RSS,
 running task ids, tasks processed) move to ``tracker_worker_processes``. The old rows were a
 short-lived cache of heartbeats: they are not carried over.
-
-Revision ID: 0004_workers
-Revises: 0003_log_search
-Create Date: 2026-12-02 15:00:00
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,8 +17,6 @@ from sqlalchemy.dialects import postgresql
 
 revision: str = '0004_workers'
 down_revision: str | None = '0003_log_search'
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def _process_columns() -> list[sa.Column[Any]]:

@@ -3,15 +3,9 @@
 The ``args`` text column held Celery's ``argsrepr``/``kwargsrepr`` in clear, secrets
 included, and nothing showed it. It becomes JSONB holding the redacted positional
 arguments; the old text is dropped rather than converted, because it was never redacted.
-
-Revision ID: 0005_task_args
-Revises: 0004_workers
-Create Date: 2026-12-02 14:30:00
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
@@ -19,8 +13,6 @@ from sqlalchemy.dialects import postgresql
 
 revision: str = '0005_task_args'
 down_revision: str | None = '0004_workers'
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:

@@ -6,23 +6,15 @@ rows and fifteen index entries per task on the write path. They become columns o
 row, written with the states the row gets anyway; ``task.retries`` is the existing
 ``retries`` column. The queries read them back as samples of those names (see
 ``tracker.figures``), together with rows already stored and the rows of retried attempts.
-
-Revision ID: 0006_write_path
-Revises: 0005_task_args
-Create Date: 2026-12-02 15:40:00
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0006_write_path'
 down_revision: str | None = '0005_task_args'
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 _COLUMNS = ('queue_wait', 'run_time', 'cpu_time', 'memory_growth')
 

@@ -8,23 +8,15 @@ Existing rows: those made by a rule or a digest (a server-made dedup key - not o
 ``rest:`` keys given to client posts - and a ``rule`` in their metadata) become ``rule``;
 everything else ``rest``, the least trusted origin, because old client posts cannot be told
 apart from ``Tracker.notify`` ones.
-
-Revision ID: 0007_notification_origin
-Revises: 0006_write_path
-Create Date: 2026-12-02 14:40:00
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0007_notification_origin'
 down_revision: str | None = '0006_write_path'
-branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
