@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import eventually as until
 from tests.webgate import test_notifications as base
 from tests.webgate.rest_client import Api, Reply
 from tests.webgate.test_notifications import (
@@ -28,7 +29,6 @@ from tests.webgate.test_notifications import (
     new_prefix,
     serve,
     uid,
-    until,
 )
 from tracker import Tracker
 from tracker.config import TrackerConfig
