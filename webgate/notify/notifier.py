@@ -178,8 +178,9 @@ class Notifier:
             "webhook": WebhookChannel(self._session, self.config.webhook_secret),
         }
         self._loops.append(asyncio.create_task(self._deliver_loop(), name="notifier-deliver"))
-        if self.rules:
+        if self._types:
             # The group exists before the gateway serves: every event from now on is notified.
+            # Only task rules read the stream; aggregate rules are measured by the sweeper.
             try:
                 await self._ensure_group()
             except Exception as exc:  # Redis away at start: the loop keeps trying
@@ -200,7 +201,7 @@ class Notifier:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        if self.rules:
+        if self._types:
             with contextlib.suppress(Exception):
                 mine = await self.redis.xpending_range(self.stream, self.group, "-", "+", 1,
                                                        consumername=self.consumer)
