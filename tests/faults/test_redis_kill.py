@@ -48,7 +48,7 @@ async def test_redis_sigkill_while_500_tasks_run(own_redis: Any, make_worker: An
                 if i % 5 == 4:
                     app.send_task("tests.build", args=(2, 0.005), queue=worker.queue, task_id=task_id)
                 else:
-                    app.send_task("tests.sleep", args=(0.01,), queue=worker.queue, task_id=task_id)
+                    app.send_task("tests.sleep", args=(0.03,), queue=worker.queue, task_id=task_id)
                 ids.append(task_id)
         # Kill -9 once a fifth of them are done, while the rest run.
         await asyncio.to_thread(wait_for, lambda: final_count(sql, ids) >= 100, 60, 0.02, "100 tasks done")
