@@ -122,7 +122,12 @@ def redis_url(tracker_redis_url: str) -> str:
 
 @pytest.fixture(scope="session")
 def broker_url(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + "/1"
+    """The Celery broker: a database of its own on the session's Redis. Under pytest-xdist on a shared
+    Redis (``TRACKER_TEST_REDIS_URL``) worker ``gw<k>`` tracks into database ``/<n + k>``, so the
+    brokers take the databases after all of those (without xdist: ``/<n + 1>``)."""
+    base, db = redis_url.rsplit("/", 1)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return f"{base}/{int(db) + workers}"
 
 
 @pytest.fixture(scope="session")

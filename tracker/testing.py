@@ -5,6 +5,10 @@ Installed with celery-tracking, it gives every test suite:
 - ``tracker_database_url`` / ``tracker_redis_url`` (session): a throw-away PostgreSQL (migrated)
   and Redis started from the local binaries in a temporary directory, or the servers named by
   ``TRACKER_TEST_DATABASE_URL`` / ``TRACKER_TEST_REDIS_URL`` when those are set;
+  under pytest-xdist every worker gets servers of its own, or, on those named servers, a
+  database of its own (``<database>_gw0``, ``<database>_gw1``, ... in PostgreSQL, created and
+  migrated on first use; in Redis the database ``/<n + k>`` for worker ``gw<k>`` when the URL
+  names ``/<n>``);
 - ``tracker``: a :class:`tracker.Tracker` on them;
 - ``track_app``: ``track_app(app)`` points a Celery app's tracking at them and installs the hooks
   for one test (uninstalled afterwards); it returns a :class:`TrackedApp` whose ``flush()`` makes
@@ -18,11 +22,13 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from tracker.api import Tracker
-from tracker.demo.services import PostgresServer, RedisServer
+from tracker.config import psycopg_url
+from tracker.demo.services import PostgresServer, RedisServer, ensure_database
 from tracker.migrate import upgrade
 
 __all__ = ["TrackedApp", "tracker_postgres", "tracker_redis", "tracker_database_url", "tracker_redis_url", "tracker",
@@ -32,12 +38,46 @@ __all__ = ["TrackedApp", "tracker_postgres", "tracker_redis", "tracker_database_
 _Server = TypeVar("_Server", PostgresServer, RedisServer)
 
 
+def _xdist_worker() -> str | None:
+    """This process's pytest-xdist worker id (``gw0``, ``gw1``, ...), None outside xdist. Read from
+    the environment xdist sets rather than its ``worker_id`` fixture: the plugin must work where
+    pytest-xdist is not installed."""
+    return os.environ.get("PYTEST_XDIST_WORKER") or None
+
+
+def _worker_database(url: str) -> str:
+    """``url``, or under pytest-xdist the same server's database ``<name>_<worker>`` (created when
+    missing): two workers sharing one database would see and clean up each other's rows."""
+    from sqlalchemy.engine import make_url
+
+    worker = _xdist_worker()
+    if worker is None:
+        return url
+    parsed = make_url(url)
+    name = f"{parsed.database or 'postgres'}_{worker}"
+    ensure_database(psycopg_url(url), name)
+    return parsed.set(database=name).render_as_string(hide_password=False)
+
+
+def _worker_redis(url: str) -> str:
+    """``url``, or under pytest-xdist the database ``<n> + <worker number>`` of the same Redis: the
+    workers' streams and control keys stay apart."""
+    worker = _xdist_worker()
+    if worker is None or not worker.removeprefix("gw").isdigit():
+        return url
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0) + int(worker.removeprefix("gw"))
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
 def _server_or_url(env: str, server: type[_Server], prepare: Callable[[str], object] | None = None,
-                   ) -> Iterator[_Server | str]:
-    """The URL in ``env`` when it is set, else a throw-away ``server``, cleaned up afterwards;
+                   per_worker: Callable[[str], str] = str) -> Iterator[_Server | str]:
+    """The URL in ``env`` (``per_worker(url)`` under pytest-xdist) when it is set, else a throw-away
+    ``server`` (one per xdist worker: each worker is a session of its own), cleaned up afterwards;
     ``prepare(url)`` runs on either before it is yielded (the migrations, for PostgreSQL)."""
     url = os.environ.get(env)
     if url:
+        url = per_worker(url)
         if prepare is not None:
             prepare(url)
         yield url
@@ -55,7 +95,7 @@ def _server_or_url(env: str, server: type[_Server], prepare: Callable[[str], obj
 def tracker_postgres() -> Iterator[PostgresServer | str]:
     """The session's PostgreSQL, migrated: a throw-away server (a :class:`PostgresServer`, which
     fault tests may stop and restart) or the URL in ``TRACKER_TEST_DATABASE_URL``."""
-    yield from _server_or_url("TRACKER_TEST_DATABASE_URL", PostgresServer, upgrade)
+    yield from _server_or_url("TRACKER_TEST_DATABASE_URL", PostgresServer, upgrade, _worker_database)
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +107,7 @@ def tracker_database_url(tracker_postgres: PostgresServer | str) -> str:
 @pytest.fixture(scope="session")
 def tracker_redis() -> Iterator[RedisServer | str]:
     """The session's Redis: a throw-away server or the URL in ``TRACKER_TEST_REDIS_URL``."""
-    yield from _server_or_url("TRACKER_TEST_REDIS_URL", RedisServer)
+    yield from _server_or_url("TRACKER_TEST_REDIS_URL", RedisServer, per_worker=_worker_redis)
 
 
 @pytest.fixture(scope="session")

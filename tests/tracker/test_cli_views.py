@@ -28,7 +28,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 @pytest.fixture()
 def runner(tracker_env):
-    return CliRunner()
+    # The tables are as wide as COLUMNS says when it is set (pytest-xdist's workers set it to 80):
+    # these tests choose the width rather than inherit it.
+    return CliRunner(env={"COLUMNS": "200"})
 
 
 @pytest.fixture()
@@ -49,7 +51,7 @@ def user_tasks(tracker):
 
 def test_tasks_table_and_json(runner, user_tasks):
     user, running, done, failed = user_tasks
-    r = runner.invoke(main, ["tasks", "--user", user], terminal_width=200)
+    r = runner.invoke(main, ["tasks", "--user", user])
     assert r.exit_code == 0, r.output
     assert running in r.output and done in r.output and failed in r.output
     assert "40.0%" in r.output and "parsing" in r.output and "completed" in r.output and "failed" in r.output
@@ -69,7 +71,7 @@ def test_tasks_table_and_json(runner, user_tasks):
 
 def test_show_details_and_logs(runner, user_tasks):
     user, running, done, failed = user_tasks
-    r = runner.invoke(main, ["show", running], terminal_width=200)
+    r = runner.invoke(main, ["show", running])
     assert r.exit_code == 0, r.output
     assert "Import" in r.output and "parsing" in r.output and "40.0%" in r.output
     assert "read 10 rows" in r.output and "row 11 is broken" in r.output
@@ -82,7 +84,7 @@ def test_show_details_and_logs(runner, user_tasks):
 
 def test_logs_filters_and_json(runner, user_tasks):
     user, running, *_ = user_tasks
-    r = runner.invoke(main, ["logs", running], terminal_width=200)
+    r = runner.invoke(main, ["logs", running])
     assert r.exit_code == 0
     assert r.output.index("read 10 rows") < r.output.index("row 11 is broken")
     r = runner.invoke(main, ["logs", running, "--level", "ERROR", "--json"])
@@ -126,7 +128,7 @@ def test_stats_table_and_json(runner, user_tasks):
     groups = {g["group"]: g for g in data["groups"]}
     assert groups["import"]["total"] == 2 and groups["import"]["completed"] == 1
     assert groups["report"]["failed"] == 1 and data["overall"]["total"] == 3
-    r = runner.invoke(main, ["stats", "--user", user], terminal_width=200)
+    r = runner.invoke(main, ["stats", "--user", user])
     assert r.exit_code == 0 and "import" in r.output and "report" in r.output and "50.0%" in r.output
 
 

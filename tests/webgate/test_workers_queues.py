@@ -107,12 +107,12 @@ async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, trac
         # History: both stay listed with when they were last seen.
         names = {w.hostname: w for w in short.workers()}
         assert names[w1.name].status == "offline" and names[w1.name].last_heartbeat is not None
-        runner = CliRunner()
+        runner = CliRunner(env={"COLUMNS": "200"})  # the table's width, whatever the environment says
         out = runner.invoke(main, ["workers", "--json"], env={"TRACKER_WORKER_LOST_AFTER": "1.5"})
         assert out.exit_code == 0, out.output
         cli = {w["hostname"]: w for w in json.loads(out.output)["items"]}
         assert cli[w2.name]["status"] == "offline" and cli[w1.name]["concurrency"] == 2
-        table = runner.invoke(main, ["workers"], terminal_width=200)
+        table = runner.invoke(main, ["workers"])
         assert table.exit_code == 0 and w1.name in table.output and "offline" in table.output
     finally:
         short.close()

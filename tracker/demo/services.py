@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["free_port", "PostgresServer", "RedisServer", "find_pg_bin", "stop_process"]
+__all__ = ["free_port", "PostgresServer", "RedisServer", "find_pg_bin", "stop_process", "ensure_database"]
 
 
 def free_port() -> int:
@@ -47,6 +47,18 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float, sig: int = signa
     except subprocess.TimeoutExpired:
         pass
     return proc.returncode
+
+
+def ensure_database(url: str, dbname: str) -> None:
+    """Create the database ``dbname`` on the PostgreSQL server of ``url`` (a libpq URL of a database
+    that exists there) unless it is already there."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
 
 
 def find_pg_bin(name: str) -> str:
@@ -135,12 +147,7 @@ class PostgresServer:
             raise RuntimeError(f"pg_ctl {action} failed: {result.stderr.decode()} {log[-2000:]}")
 
     def _ensure_db(self) -> None:
-        import psycopg
-
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,)).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{self.dbname}"')
+        ensure_database(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", self.dbname)
 
     def stop(self, mode: str = "fast") -> None:
         self._pg_ctl("stop", mode)
