@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,7 +21,50 @@ from pathlib import Path
 __all__ = ["free_port", "PostgresServer", "RedisServer", "find_pg_bin", "stop_process", "ensure_database"]
 
 
+#: Ports handed out by :func:`free_port` in this process (a server may not have bound one yet).
+_handed: set[int] = set()
+
+
+def _port_band() -> range | None:
+    """The ports below the kernel's ephemeral range, sliced per pytest-xdist worker.
+
+    Outgoing connections take their local port from the ephemeral range, so a port below it that
+    is free now stays free until our server binds it; each xdist worker gets its own slice, so two
+    workers never pick the same port. ``None`` when the range cannot be read or leaves no room.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    start = 10_000
+    if low - start < 1_000:
+        return None
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    width = (low - start) // count
+    return range(start + index * width, start + (index + 1) * width)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 for a server about to start (see :func:`_port_band`)."""
+    band = _port_band()
+    if band is not None:
+        offset = random.randrange(len(band))
+        for i in range(len(band)):
+            port = band[(offset + i) % len(band)]
+            if port not in _handed and _bindable(port):
+                _handed.add(port)
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
