@@ -59,7 +59,8 @@ async def test_upgrade_refused_with_401_for_a_bad_token(feed_gateway, token):
         token = jwt.encode({"sub": "u1", "admin": True, "iat": now - 60, "exp": now - 1}, SECRET,
                            algorithm="HS256")
     elif token == "wrong-secret":
-        token = jwt.encode({"sub": "u1", "admin": True, "exp": now + 600}, "an-other-secret-that-is-long-enough-0123", algorithm="HS256")
+        token = jwt.encode({"sub": "u1", "admin": True, "exp": now + 600}, "an-other-secret-that-is-long-enough-0123",
+                           algorithm="HS256")
     url = f"{gw.ws_url}?token={token}"
     with pytest.raises(InvalidStatus) as info:
         async with ws_connect(url):

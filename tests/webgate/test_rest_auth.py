@@ -30,7 +30,8 @@ def _tokens() -> dict[str, str | None]:
     return {
         "missing": None,
         "garbage": "not.a.jwt",
-        "forged": jwt.encode({"sub": "admin", "admin": True, "exp": now + 60}, "another-secret-of-forty-bytes-or-so-long", algorithm="HS256"),
+        "forged": jwt.encode({"sub": "admin", "admin": True, "exp": now + 60}, "another-secret-forty-bytes-or-so-long",
+                             algorithm="HS256"),
         "expired": jwt.encode({"sub": "admin", "admin": True, "exp": now - 600}, SECRET, algorithm="HS256"),
         "no-subject": jwt.encode({"admin": True, "exp": now + 60}, SECRET, algorithm="HS256"),
     }
