@@ -16,9 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
+    Delete,
     Integer,
     Select,
+    Table,
     and_,
+    any_,
+    bindparam,
     case,
     cast,
     delete,
@@ -36,14 +41,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH, aggregate_order_by, distinct_on
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 from sqlalchemy.types import Double, Text
 
 from tracker.figures import BY_NAME, FIGURE_COLUMNS, FIGURES, Figure
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog, Worker, WorkerProcess
 from tracker.records import GroupProgress
 from tracker.status import check_status
-from tracker.vocabulary import STATUSES, TERMINAL
+from tracker.vocabulary import STATUSES, TERMINAL, Status
 
 __all__ = [
     "group_progress", "group_progress_summary", "GROUP_PROGRESS_CAP",
@@ -57,7 +62,7 @@ __all__ = [
     "notification_deliveries", "metric_samples_after", "max_metric_id", "finished_figures_after", "store_now",
     "QUEUE_DEPTH_METRIC", "worker_online", "count_online_workers", "workers", "queue_consumers", "recent_queues",
     "latest_queue_depths", "queue_depth_series", "glob_like", "failure_rate", "worker_heartbeat_age",
-    "database_clock",
+    "database_clock", "recent_median_runtime", "purge_batch", "try_advisory_lock", "advisory_unlock",
 ]
 
 MAX_LIMIT = 1000
@@ -852,3 +857,37 @@ def worker_heartbeat_age() -> Stmt:
 def database_clock() -> Stmt:
     """The database's clock as epoch seconds: one time base for every gateway."""
     return select(extract("epoch", func.now()).label("now"))
+
+
+def recent_median_runtime(task_type: Any, recent: int = 50) -> Stmt:
+    """The median run time (seconds) of the ``recent`` latest completed runs of ``task_type``
+    (through ``ix_tracker_tasks_finished``); one row, NULL before any run finished."""
+    runs = (select(Task.started_at, Task.finished_at)
+            .where(Task.task_type == task_type, Task.status == Status.COMPLETED.value,
+                   Task.started_at.is_not(None), Task.finished_at.is_not(None))
+            .order_by(Task.finished_at.desc()).limit(recent).subquery("r"))
+    return select(func.percentile_cont(0.5).within_group(extract("epoch", runs.c.finished_at - runs.c.started_at)))
+
+
+# -- retention ----------------------------------------------------------------------------------------------
+def purge_batch(table: Table, column: Column[Any], condition: ColumnElement[bool] | None = None) -> Delete:
+    """Delete the oldest ``:n`` rows of ``table`` whose ``column`` is before ``:cutoff`` (and that
+    meet ``condition``).
+
+    Rows are picked through the time index and deleted by ``ctid`` (no second lookup); the
+    result's rowcount is the batch's size.
+    """
+    ctid: ColumnClause[Any] = literal_column("ctid")
+    where = column < bindparam("cutoff")
+    oldest = (select(ctid).select_from(table).where(where if condition is None else and_(condition, where))
+              .order_by(column).limit(bindparam("n", type_=Integer)))
+    return delete(table).where(ctid == any_(func.array(oldest.scalar_subquery())))
+
+
+def try_advisory_lock(key: int) -> Stmt:
+    """One row: whether this session took the advisory lock ``key`` (never waits)."""
+    return select(func.pg_try_advisory_lock(literal(key, BigInteger)))
+
+
+def advisory_unlock(key: int) -> Stmt:
+    return select(func.pg_advisory_unlock(literal(key, BigInteger)))
