@@ -35,7 +35,6 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    text,
     true,
     union_all,
     update,
@@ -409,7 +408,9 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
     else:
         value = func.percentile_cont(int(agg[1:]) / 100.0).within_group(s.c.value)
     q: Stmt = select(start, value.label("value")).select_from(s)
-    return q.group_by(text("1")).order_by(text("1"))
+    # Grouped by the same expression object: its parameters are the same ones, so PostgreSQL
+    # sees one expression in the select list and in GROUP BY.
+    return q.group_by(start).order_by(start)
 
 
 # -- canvas: groups, chords and chains -----------------------------------------------------------------
@@ -593,7 +594,7 @@ def throughput_series(bucket: Any = "5m", since: Any = None, until: Any = None, 
     q = _in_range(q, Task.finished_at, since, until)
     q = _where_eq(q, Task.user_id, "user_id", user_id)
     q = _where_eq(q, Task.task_type, "task_type", task_type)
-    return q.group_by(text("1"), Task.task_type).order_by(text("1"), Task.task_type)
+    return q.group_by(start, Task.task_type).order_by(start, Task.task_type)
 
 
 def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, task_type: Any = None,
@@ -610,7 +611,7 @@ def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, 
     q = _in_range(q, Task.created_at, since, until)
     q = _where_eq(q, Task.user_id, "user_id", user_id)
     q = _where_eq(q, Task.task_type, "task_type", task_type)
-    return q.group_by(text("1"), text("2"))
+    return q.group_by(dow, hour)
 
 
 def _one_notification(stmt: Any, notification_id: Any, user_id: Any) -> Any:
@@ -698,7 +699,7 @@ def notification_deliveries() -> Stmt:
     return (select(entry.c.key.label("channel"), status.label("status"), func.count().label("count"))
             .select_from(Notification).join(entry, true())
             .where(func.jsonb_typeof(Notification.delivery) == "object")
-            .group_by(text("1"), text("2")))
+            .group_by(entry.c.key, status))
 
 
 def metric_samples_after(names: Sequence[str], after_id: int, limit: int = 10_000) -> Stmt:
@@ -814,7 +815,7 @@ def queue_depth_series(bucket: Any = "1m", since: Any = None, until: Any = None)
     queue = Metric.labels.op("->>")(literal_column("'queue'"))
     q: Stmt = select(start, queue.label("queue"), func.max(Metric.value).label("depth"))
     q = _in_range(q.where(Metric.name == QUEUE_DEPTH_METRIC), Metric.ts, since, until)
-    return q.group_by(text("1"), text("2")).order_by(text("1"), text("2"))
+    return q.group_by(start, queue).order_by(start, queue)
 
 
 # -- aggregate measurements (alert rules) ----------------------------------------------------------------
