@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     Select,
     Table,
+    Update,
     and_,
     any_,
     bindparam,
@@ -47,7 +48,7 @@ from tracker.figures import BY_NAME, FIGURE_COLUMNS, FIGURES, Figure
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog, Worker, WorkerProcess
 from tracker.records import GroupProgress
 from tracker.status import check_status
-from tracker.vocabulary import STATUSES, TERMINAL, Status
+from tracker.vocabulary import ACTIVE, STATUSES, TERMINAL, Status
 
 __all__ = [
     "group_progress", "group_progress_summary", "GROUP_PROGRESS_CAP",
@@ -892,3 +893,62 @@ def try_advisory_lock(key: int) -> Stmt:
 
 def advisory_unlock(key: int) -> Stmt:
     return select(func.pg_advisory_unlock(literal(key, BigInteger)))
+
+
+# -- the health sweep ---------------------------------------------------------------------------------------
+_ACTIVE = tuple(s.value for s in STATUSES if s in ACTIVE)
+
+
+def _window(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def try_advisory_xact_lock(key: int) -> Stmt:
+    """Try the transaction-level advisory lock ``key``; released by the transaction's end."""
+    return select(func.pg_try_advisory_xact_lock(literal(key)))
+
+
+def mark_lost_tasks(worker_lost_after: float) -> Update:
+    """Mark tasks whose worker stopped heartbeating ``failed``/``worker-lost``; returns them.
+
+    Only tasks that ran on a Celery worker (``worker_pid`` set) heartbeat; tasks reported
+    through the REST API do not and are never taken for lost. The predicate matches the
+    partial index on active tasks' ``heartbeat_at``.
+    """
+    after = _window("worker_lost_after", worker_lost_after)
+    cutoff = func.now() - timedelta(seconds=after)
+    message = f"worker lost: no heartbeat for more than {after:g} s (process killed or host down)"
+    return (
+        update(Task)
+        .where(Task.status.in_(_ACTIVE), Task.worker_pid.is_not(None), Task.heartbeat_at < cutoff)
+        .values(status=Status.FAILED.value, status_ts=func.extract("epoch", func.now()), error_type="worker-lost",
+                error_message=message, finished_at=func.now(), updated_at=func.now(), eta_seconds=0.0)
+        .returning(Task.task_id, Task.user_id, Task.name, Task.task_type, Task.progress, Task.current_step,
+                   Task.worker, Task.started_at, Task.finished_at, Task.heartbeat_at, Task.error_type,
+                   Task.error_message, Task.retries)
+    )
+
+
+def flag_stalled_tasks(stall_after: float) -> Update:
+    """Flag running tasks without progress for ``stall_after``; returns the newly flagged ones.
+
+    ``stalled_at`` is set once per stall: a task is flagged again only after it made
+    progress since it was last flagged.
+    """
+    after = _window("stall_after", stall_after)
+    last_move = func.coalesce(Task.progress_at, Task.started_at)
+    return (
+        update(Task)
+        .where(Task.status == Status.RUNNING.value, last_move < func.now() - timedelta(seconds=after),
+               (Task.stalled_at.is_(None)) | (Task.stalled_at < last_move))
+        .values(stalled_at=func.now())
+        .returning(Task.task_id, Task.user_id, Task.name, Task.task_type, Task.progress, Task.current_step,
+                   Task.worker, Task.started_at, Task.stalled_at, last_move.label("last_progress_at"))
+    )
+
+
+def task_flag_states(task_ids: Sequence[str]) -> Stmt:
+    """``(task_id, status, started_at)`` of ``task_ids``: whose control flag may go."""
+    return select(Task.task_id, Task.status, Task.started_at).where(Task.task_id.in_(list(task_ids)))
