@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +40,8 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH, aggregate_order_by, distinct_on
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, JSONPATH, aggregate_order_by, distinct_on
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 from sqlalchemy.types import Double, Text
 
@@ -526,6 +527,25 @@ def notifications(user_id: Any = None, unread: Any = None, limit: Any = None, cu
             raise ValueError("malformed cursor")
         q = q.where(Notification.id < last_id)
     return q.order_by(Notification.id.desc()).limit(n + 1)
+
+
+def insert_notifications(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """One INSERT of all ``rows`` (column values); a ``dedup_key`` already stored is skipped (not
+    returned)."""
+    stmt = pg_insert(Notification).values(list(rows))
+    return stmt.on_conflict_do_nothing(index_elements=["dedup_key"]).returning(
+        *notification_columns(), Notification.dedup_key)
+
+
+def notification_by_dedup(key: str) -> Stmt:
+    return select(*notification_columns()).where(Notification.dedup_key == key)
+
+
+def delivery_update(notification_id: int, channel: str, state: Mapping[str, Any]) -> Update:
+    """Set one channel's delivery state; a JSONB merge inside one UPDATE, so concurrent
+    updates of other channels of the same row are never lost."""
+    return (update(Notification).where(Notification.id == notification_id)
+            .values(delivery=Notification.delivery.op("||")(literal({channel: dict(state)}, JSONB))))
 
 
 def notification_stats(user_id: Any = None) -> Stmt:
