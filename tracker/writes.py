@@ -52,7 +52,7 @@ from tracker.models import Metric, ProgressBatch, Task, TaskLog, Worker, WorkerP
 from tracker.vocabulary import Status
 
 __all__ = [
-    "Compiled", "compile_for_psycopg", "TaskColumns", "task_columns", "task_update", "task_insert",
+    "PsycopgStatement", "compile_for_psycopg", "TaskColumns", "task_columns", "task_update", "task_insert",
     "copy_columns", "copy_statement", "TASK_COLUMNS", "TASK_FIELDS", "TASK_UPDATE", "TASK_INSERT",
     "LOG_COLUMNS", "LOG_COPY", "METRIC_COLUMNS", "METRIC_COPY", "PROGRESS_COLUMNS", "PROGRESS_INSERT",
     "WORKER_PROCESS_COLUMNS", "WORKER_PROCESS_UPSERT", "WORKER_NODE_BEAT", "WORKER_READY", "WORKER_STOPPED",
@@ -67,7 +67,7 @@ _DIALECT.bind_typing = BindTyping.NONE
 
 
 @dataclass(frozen=True)
-class Compiled:
+class PsycopgStatement:
     """A statement compiled for psycopg: its SQL, the names of its parameters in the order
     psycopg takes them, and the values of the constants it binds (such as a ``LIMIT``)."""
 
@@ -80,7 +80,8 @@ class Compiled:
         return tuple(inputs[k] if k in inputs else self.constants[k] for k in self.order)
 
 
-def compile_for_psycopg(statement: ClauseElement, inputs: Sequence[str], *, constants: bool = False) -> Compiled:
+def compile_for_psycopg(statement: ClauseElement, inputs: Sequence[str], *,
+                        constants: bool = False) -> PsycopgStatement:
     """Compile ``statement`` once; ``inputs`` names its parameters the caller passes, in order.
 
     Without ``constants`` the statement must bind nothing else, so a hot caller hands psycopg
@@ -92,7 +93,7 @@ def compile_for_psycopg(statement: ClauseElement, inputs: Sequence[str], *, cons
     fixed = {k: v for k, v in compiled.params.items() if k not in inputs}
     if set(inputs) - set(order) or (not constants and order != tuple(inputs)):
         raise RuntimeError(f"statement binds {order}, not {tuple(inputs)}: {compiled.string}")
-    return Compiled(compiled.string, order, fixed)
+    return PsycopgStatement(compiled.string, order, fixed)
 
 
 def _p(name: str) -> Any:
@@ -211,7 +212,7 @@ def _merged(table: Table, kinds: TaskColumns, u: TableValuedAlias,
     return merged
 
 
-def task_update(table: Table) -> Compiled:
+def task_update(table: Table) -> PsycopgStatement:
     """One UPDATE for a whole batch of task states, from one array per column (no parameters
     are built per row); it returns the ids it found."""
     kinds = task_columns(table)
@@ -222,7 +223,7 @@ def task_update(table: Table) -> Compiled:
     return compile_for_psycopg(stmt.returning(t.c.task_id), [f"p_{n}" for n in ("task_id", *kinds.fields)])
 
 
-def task_insert(table: Table) -> Compiled:
+def task_insert(table: Table) -> PsycopgStatement:
     """The rows of a batch that do not exist yet, created with their values in one write (not
     an empty row updated at once: that doubled the heap and index work of every new task).
     ``DO NOTHING`` for a row another writer created meanwhile; it returns the ids it inserted."""
@@ -267,7 +268,7 @@ METRIC_COPY = copy_statement(_METRICS)
 PROGRESS_COLUMNS = copy_columns(_PROGRESS)
 
 
-def _progress_insert(table: Table) -> Compiled:
+def _progress_insert(table: Table) -> PsycopgStatement:
     """One row of arrays per task and flush; its two times are epoch seconds."""
     names = copy_columns(table)
     values = {n: func.to_timestamp(_p(n)) if isinstance(table.c[n].type, DateTime) else _p(n) for n in names}
@@ -287,7 +288,7 @@ _PROCESS_IDENTITY = frozenset({"worker_id", "hostname", "pid", "started_at"})
 WORKER_PROCESS_COLUMNS = tuple(c.name for c in _PROCESSES.c)
 
 
-def _process_upsert(table: Table) -> Compiled:
+def _process_upsert(table: Table) -> PsycopgStatement:
     names = tuple(c.name for c in table.c)
     stmt = pg_insert(table).values({n: _p(n) for n in names})
     stmt = stmt.on_conflict_do_update(index_elements=[table.c.worker_id],
@@ -295,7 +296,7 @@ def _process_upsert(table: Table) -> Compiled:
     return compile_for_psycopg(stmt, [f"p_{n}" for n in names])
 
 
-def _node_beat(table: Table) -> Compiled:
+def _node_beat(table: Table) -> PsycopgStatement:
     """A process's heartbeat is its worker's too. A worker whose main process wrote no record yet
     (started before the schema had one, or never "ready") gets one from its first heartbeat."""
     stmt = pg_insert(table).values(hostname=_p("hostname"), started_at=_p("started_at"),
@@ -306,7 +307,7 @@ def _node_beat(table: Table) -> Compiled:
     return compile_for_psycopg(stmt, ["p_hostname", "p_started_at", "p_heartbeat_at"])
 
 
-def _ready(table: Table) -> Compiled:
+def _ready(table: Table) -> PsycopgStatement:
     """The worker's record when it is ready: online again (no ``stopped_at``), beating now."""
     given = ("hostname", "pid", "concurrency", "queues", "started_at")
     stmt = pg_insert(table).values({**{n: _p(n) for n in given}, "stopped_at": null(), "heartbeat_at": func.now()})

@@ -7,7 +7,8 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text
+import pytest
+from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text, bindparam, select
 from sqlalchemy.dialects.postgresql import JSONB
 
 from tracker import writes
@@ -91,3 +92,13 @@ def test_the_statements_of_a_table_copy_write_its_new_columns(sql: Any) -> None:
         rows = cur.execute(f"SELECT task_id, status, attempts_left, labels, tags, metadata FROM {name} "
                            "ORDER BY task_id").fetchall()
     assert rows == [("a", "running", 2, {"team": "x"}, ["t1"], {"k": 1}), ("b", "completed", 1, None, [], {})]
+
+
+def test_a_hot_statement_binding_more_than_its_inputs_is_refused_at_compile_time() -> None:
+    # The Recorder hands psycopg its arrays as they are: a stray bound constant would shift them.
+    table = Task.__table__
+    stray = select(table.c.task_id).where(table.c.task_id == bindparam("p_id"), table.c.status == "running")
+    with pytest.raises(RuntimeError, match="binds"):
+        writes.compile_for_psycopg(stray, ["p_id"])
+    compiled = writes.compile_for_psycopg(stray, ["p_id"], constants=True)
+    assert compiled.args(p_id="x") == ("x", "running")
