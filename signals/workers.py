@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from tracker.config import TrackerConfig, psycopg_url
+from tracker.writes import WORKER_READY, WORKER_STOPPED
 
 __all__ = ["node_name", "node_started", "remember_node", "forget_node", "record_ready", "record_stopped",
            "consumer_queues"]
@@ -27,15 +28,6 @@ logger = logging.getLogger("signals.workers")
 
 #: Set in the worker's main process at worker_init and inherited by the pool processes.
 _node: dict[str, Any] = {}
-
-_READY = (
-    "INSERT INTO tracker_workers (hostname, pid, concurrency, queues, started_at, stopped_at, heartbeat_at) "
-    "VALUES (%s, %s, %s, %s, %s, NULL, now()) ON CONFLICT (hostname) DO UPDATE SET pid = EXCLUDED.pid, "
-    "concurrency = EXCLUDED.concurrency, queues = EXCLUDED.queues, started_at = EXCLUDED.started_at, "
-    "stopped_at = NULL, heartbeat_at = now()"
-)
-_STOPPED = "UPDATE tracker_workers SET stopped_at = now() WHERE hostname = %s"
-
 
 def node_name() -> str | None:
     """This worker's node name, in its main process and its pool processes; None elsewhere."""
@@ -84,12 +76,13 @@ def record_ready(config: TrackerConfig, consumer: Any) -> None:
     controller = getattr(consumer, "controller", None)
     concurrency = getattr(controller, "concurrency", None)
     started = node_started() or time.time()
-    _execute(config, _READY, (hostname, os.getpid(), int(concurrency) if isinstance(concurrency, int) else None,
-                              consumer_queues(consumer), datetime.fromtimestamp(started, UTC)))
+    concurrency = int(concurrency) if isinstance(concurrency, int) else None
+    _execute(config, WORKER_READY.sql, (hostname, os.getpid(), concurrency, consumer_queues(consumer),
+                                        datetime.fromtimestamp(started, UTC)))
 
 
 def record_stopped(config: TrackerConfig, hostname: str | None) -> None:
     """Mark the worker stopped gracefully: offline now, not after the lost window."""
     hostname = hostname or node_name()
     if hostname:
-        _execute(config, _STOPPED, (hostname,))
+        _execute(config, WORKER_STOPPED.sql, (hostname,))

@@ -21,23 +21,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Select, Update, func, literal, select, update
+from sqlalchemy import Select, Update
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tracker import queries
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig
 from tracker.control import CONTROL_TTL, control_key, index_key
-from tracker.models import Task
 from tracker.plan import Connect, Pipe, Plan, Sql, run_async, run_sync
 from tracker.reporter import Reporter
-from tracker.vocabulary import ACTIVE, STATUSES, TERMINAL
+from tracker.vocabulary import STATUSES, TERMINAL
 
 __all__ = [
     "SWEEP_LOCK",
@@ -61,7 +61,6 @@ SWEEP_LOCK = 0x74726B53
 #: Flags set this recently are left alone by the clean-up (their task may not be stored yet).
 _FLAG_GRACE = 5.0
 _FLAG_PAGE = 1000
-_ACTIVE = tuple(s.value for s in STATUSES if s in ACTIVE)
 _TERMINAL = tuple(s.value for s in STATUSES if s in TERMINAL)
 
 
@@ -79,64 +78,20 @@ class SweepResult:
                 "flags_cleared": self.flags_cleared, "skipped": self.skipped}
 
 
-def _seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 def sweep_interval(config: TrackerConfig) -> float:
     """How often the gateway sweeps: a few times per ``worker_lost_after``, within [0.25 s, 10 s]."""
     return max(0.25, min(10.0, config.worker_lost_after / 4.0, config.stall_after / 4.0))
 
 
-# -- statements (executed by both the sync and the async path) ----------------------------------
+# -- statements (the query layer's; executed by both the sync and the async path) ----------------
 def lock_statement(key: int = SWEEP_LOCK) -> Select[Any]:
     """Try the transaction-level advisory lock; released by the transaction's end."""
-    return select(func.pg_try_advisory_xact_lock(literal(key)))
+    return queries.try_advisory_xact_lock(key)
 
 
-def lost_statement(worker_lost_after: float) -> Update:
-    """Mark tasks whose worker stopped heartbeating ``failed``/``worker-lost``; returns them.
-
-    Only tasks that ran on a Celery worker (``worker_pid`` set) heartbeat; tasks reported
-    through the REST API do not and are never taken for lost. The predicate matches the
-    partial index on active tasks' ``heartbeat_at``.
-    """
-    after = _seconds("worker_lost_after", worker_lost_after)
-    cutoff = func.now() - timedelta(seconds=after)
-    message = f"worker lost: no heartbeat for more than {after:g} s (process killed or host down)"
-    return (
-        update(Task)
-        .where(Task.status.in_(_ACTIVE), Task.worker_pid.is_not(None), Task.heartbeat_at < cutoff)
-        .values(status="failed", status_ts=func.extract("epoch", func.now()), error_type="worker-lost",
-                error_message=message, finished_at=func.now(), updated_at=func.now(), eta_seconds=0.0)
-        .returning(Task.task_id, Task.user_id, Task.name, Task.task_type, Task.progress, Task.current_step,
-                   Task.worker, Task.started_at, Task.finished_at, Task.heartbeat_at, Task.error_type,
-                   Task.error_message, Task.retries)
-    )
-
-
-def stalled_statement(stall_after: float) -> Update:
-    """Flag running tasks without progress for ``stall_after``; returns the newly flagged ones.
-
-    ``stalled_at`` is set once per stall: a task is flagged again only after it made
-    progress since it was last flagged.
-    """
-    after = _seconds("stall_after", stall_after)
-    last_move = func.coalesce(Task.progress_at, Task.started_at)
-    return (
-        update(Task)
-        .where(Task.status == "running", last_move < func.now() - timedelta(seconds=after),
-               (Task.stalled_at.is_(None)) | (Task.stalled_at < last_move))
-        .values(stalled_at=func.now())
-        .returning(Task.task_id, Task.user_id, Task.name, Task.task_type, Task.progress, Task.current_step,
-                   Task.worker, Task.started_at, Task.stalled_at, last_move.label("last_progress_at"))
-    )
-
-
-def flag_status_statement(task_ids: Sequence[str]) -> Any:
-    return select(Task.task_id, Task.status, Task.started_at).where(Task.task_id.in_(list(task_ids)))
+lost_statement = queries.mark_lost_tasks
+stalled_statement = queries.flag_stalled_tasks
+flag_status_statement = queries.task_flag_states
 
 
 def ended_flags(rows: Iterable[Any]) -> list[str]:

@@ -43,13 +43,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, literal, select, update
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Engine
 
 from tracker import queries as q
 from tracker.events import Event
-from tracker.models import Notification
 from tracker.records import NotificationRecord, notification_record
 from tracker.vocabulary import EVENT_TRIGGERS, TERMINAL, TRIGGERS, notify_burst_key, notify_digests_key, notify_due_key
 
@@ -669,20 +666,11 @@ def initial_delivery(channels: Iterable[str]) -> dict[str, Any]:
 
 def insert_notifications(items: Sequence[NewNotification]) -> Any:
     """One INSERT of all ``items``; a ``dedup_key`` already stored is skipped (not returned)."""
-    stmt = pg_insert(Notification).values([it.values() for it in items])
-    return stmt.on_conflict_do_nothing(index_elements=["dedup_key"]).returning(
-        *q.notification_columns(), Notification.dedup_key)
+    return q.insert_notifications([it.values() for it in items])
 
 
-def notification_by_dedup(key: str) -> Any:
-    return select(*q.notification_columns()).where(Notification.dedup_key == key)
-
-
-def delivery_update(notification_id: int, channel: str, state: Mapping[str, Any]) -> Any:
-    """Set one channel's delivery state; a JSONB merge inside one UPDATE, so concurrent
-    updates of other channels of the same row are never lost."""
-    return (update(Notification).where(Notification.id == notification_id)
-            .values(delivery=Notification.delivery.op("||")(literal({channel: dict(state)}, JSONB))))
+notification_by_dedup = q.notification_by_dedup
+delivery_update = q.delivery_update
 
 
 def due_key(prefix: str) -> str:

@@ -10,15 +10,21 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
+    Delete,
     Integer,
     Select,
+    Table,
+    Update,
     and_,
+    any_,
+    bindparam,
     case,
     cast,
     delete,
@@ -30,20 +36,20 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    text,
     true,
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONPATH, aggregate_order_by, distinct_on
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, JSONPATH, aggregate_order_by, distinct_on
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 from sqlalchemy.types import Double, Text
 
 from tracker.figures import BY_NAME, FIGURE_COLUMNS, FIGURES, Figure
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog, Worker, WorkerProcess
 from tracker.records import GroupProgress
 from tracker.status import check_status
-from tracker.vocabulary import STATUSES, TERMINAL
+from tracker.vocabulary import ACTIVE, STATUSES, TERMINAL, Status
 
 __all__ = [
     "group_progress", "group_progress_summary", "GROUP_PROGRESS_CAP",
@@ -57,7 +63,7 @@ __all__ = [
     "notification_deliveries", "metric_samples_after", "max_metric_id", "finished_figures_after", "store_now",
     "QUEUE_DEPTH_METRIC", "worker_online", "count_online_workers", "workers", "queue_consumers", "recent_queues",
     "latest_queue_depths", "queue_depth_series", "glob_like", "failure_rate", "worker_heartbeat_age",
-    "database_clock",
+    "database_clock", "recent_median_runtime", "purge_batch", "try_advisory_lock", "advisory_unlock",
 ]
 
 MAX_LIMIT = 1000
@@ -404,7 +410,9 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
     else:
         value = func.percentile_cont(int(agg[1:]) / 100.0).within_group(s.c.value)
     q: Stmt = select(start, value.label("value")).select_from(s)
-    return q.group_by(text("1")).order_by(text("1"))
+    # Grouped by the same expression object: its parameters are the same ones, so PostgreSQL
+    # sees one expression in the select list and in GROUP BY.
+    return q.group_by(start).order_by(start)
 
 
 # -- canvas: groups, chords and chains -----------------------------------------------------------------
@@ -521,6 +529,25 @@ def notifications(user_id: Any = None, unread: Any = None, limit: Any = None, cu
     return q.order_by(Notification.id.desc()).limit(n + 1)
 
 
+def insert_notifications(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """One INSERT of all ``rows`` (column values); a ``dedup_key`` already stored is skipped (not
+    returned)."""
+    stmt = pg_insert(Notification).values(list(rows))
+    return stmt.on_conflict_do_nothing(index_elements=["dedup_key"]).returning(
+        *notification_columns(), Notification.dedup_key)
+
+
+def notification_by_dedup(key: str) -> Stmt:
+    return select(*notification_columns()).where(Notification.dedup_key == key)
+
+
+def delivery_update(notification_id: int, channel: str, state: Mapping[str, Any]) -> Update:
+    """Set one channel's delivery state; a JSONB merge inside one UPDATE, so concurrent
+    updates of other channels of the same row are never lost."""
+    return (update(Notification).where(Notification.id == notification_id)
+            .values(delivery=Notification.delivery.op("||")(literal({channel: dict(state)}, JSONB))))
+
+
 def notification_stats(user_id: Any = None) -> Stmt:
     q: Stmt = select(
         func.count().label("total"),
@@ -588,7 +615,7 @@ def throughput_series(bucket: Any = "5m", since: Any = None, until: Any = None, 
     q = _in_range(q, Task.finished_at, since, until)
     q = _where_eq(q, Task.user_id, "user_id", user_id)
     q = _where_eq(q, Task.task_type, "task_type", task_type)
-    return q.group_by(text("1"), Task.task_type).order_by(text("1"), Task.task_type)
+    return q.group_by(start, Task.task_type).order_by(start, Task.task_type)
 
 
 def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, task_type: Any = None,
@@ -605,7 +632,7 @@ def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, 
     q = _in_range(q, Task.created_at, since, until)
     q = _where_eq(q, Task.user_id, "user_id", user_id)
     q = _where_eq(q, Task.task_type, "task_type", task_type)
-    return q.group_by(text("1"), text("2"))
+    return q.group_by(dow, hour)
 
 
 def _one_notification(stmt: Any, notification_id: Any, user_id: Any) -> Any:
@@ -693,7 +720,7 @@ def notification_deliveries() -> Stmt:
     return (select(entry.c.key.label("channel"), status.label("status"), func.count().label("count"))
             .select_from(Notification).join(entry, true())
             .where(func.jsonb_typeof(Notification.delivery) == "object")
-            .group_by(text("1"), text("2")))
+            .group_by(entry.c.key, status))
 
 
 def metric_samples_after(names: Sequence[str], after_id: int, limit: int = 10_000) -> Stmt:
@@ -809,7 +836,7 @@ def queue_depth_series(bucket: Any = "1m", since: Any = None, until: Any = None)
     queue = Metric.labels.op("->>")(literal_column("'queue'"))
     q: Stmt = select(start, queue.label("queue"), func.max(Metric.value).label("depth"))
     q = _in_range(q.where(Metric.name == QUEUE_DEPTH_METRIC), Metric.ts, since, until)
-    return q.group_by(text("1"), text("2")).order_by(text("1"), text("2"))
+    return q.group_by(start, queue).order_by(start, queue)
 
 
 # -- aggregate measurements (alert rules) ----------------------------------------------------------------
@@ -852,3 +879,96 @@ def worker_heartbeat_age() -> Stmt:
 def database_clock() -> Stmt:
     """The database's clock as epoch seconds: one time base for every gateway."""
     return select(extract("epoch", func.now()).label("now"))
+
+
+def recent_median_runtime(task_type: Any, recent: int = 50) -> Stmt:
+    """The median run time (seconds) of the ``recent`` latest completed runs of ``task_type``
+    (through ``ix_tracker_tasks_finished``); one row, NULL before any run finished."""
+    runs = (select(Task.started_at, Task.finished_at)
+            .where(Task.task_type == task_type, Task.status == Status.COMPLETED.value,
+                   Task.started_at.is_not(None), Task.finished_at.is_not(None))
+            .order_by(Task.finished_at.desc()).limit(recent).subquery("r"))
+    return select(func.percentile_cont(0.5).within_group(extract("epoch", runs.c.finished_at - runs.c.started_at)))
+
+
+# -- retention ----------------------------------------------------------------------------------------------
+def purge_batch(table: Table, column: Column[Any], condition: ColumnElement[bool] | None = None) -> Delete:
+    """Delete the oldest ``:n`` rows of ``table`` whose ``column`` is before ``:cutoff`` (and that
+    meet ``condition``).
+
+    Rows are picked through the time index and deleted by ``ctid`` (no second lookup); the
+    result's rowcount is the batch's size.
+    """
+    ctid: ColumnClause[Any] = literal_column("ctid")
+    where = column < bindparam("cutoff")
+    oldest = (select(ctid).select_from(table).where(where if condition is None else and_(condition, where))
+              .order_by(column).limit(bindparam("n", type_=Integer)))
+    return delete(table).where(ctid == any_(func.array(oldest.scalar_subquery())))
+
+
+def try_advisory_lock(key: int) -> Stmt:
+    """One row: whether this session took the advisory lock ``key`` (never waits)."""
+    return select(func.pg_try_advisory_lock(literal(key, BigInteger)))
+
+
+def advisory_unlock(key: int) -> Stmt:
+    return select(func.pg_advisory_unlock(literal(key, BigInteger)))
+
+
+# -- the health sweep ---------------------------------------------------------------------------------------
+_ACTIVE = tuple(s.value for s in STATUSES if s in ACTIVE)
+
+
+def _window(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def try_advisory_xact_lock(key: int) -> Stmt:
+    """Try the transaction-level advisory lock ``key``; released by the transaction's end."""
+    return select(func.pg_try_advisory_xact_lock(literal(key)))
+
+
+def mark_lost_tasks(worker_lost_after: float) -> Update:
+    """Mark tasks whose worker stopped heartbeating ``failed``/``worker-lost``; returns them.
+
+    Only tasks that ran on a Celery worker (``worker_pid`` set) heartbeat; tasks reported
+    through the REST API do not and are never taken for lost. The predicate matches the
+    partial index on active tasks' ``heartbeat_at``.
+    """
+    after = _window("worker_lost_after", worker_lost_after)
+    cutoff = func.now() - timedelta(seconds=after)
+    message = f"worker lost: no heartbeat for more than {after:g} s (process killed or host down)"
+    return (
+        update(Task)
+        .where(Task.status.in_(_ACTIVE), Task.worker_pid.is_not(None), Task.heartbeat_at < cutoff)
+        .values(status=Status.FAILED.value, status_ts=func.extract("epoch", func.now()), error_type="worker-lost",
+                error_message=message, finished_at=func.now(), updated_at=func.now(), eta_seconds=0.0)
+        .returning(Task.task_id, Task.user_id, Task.name, Task.task_type, Task.progress, Task.current_step,
+                   Task.worker, Task.started_at, Task.finished_at, Task.heartbeat_at, Task.error_type,
+                   Task.error_message, Task.retries)
+    )
+
+
+def flag_stalled_tasks(stall_after: float) -> Update:
+    """Flag running tasks without progress for ``stall_after``; returns the newly flagged ones.
+
+    ``stalled_at`` is set once per stall: a task is flagged again only after it made
+    progress since it was last flagged.
+    """
+    after = _window("stall_after", stall_after)
+    last_move = func.coalesce(Task.progress_at, Task.started_at)
+    return (
+        update(Task)
+        .where(Task.status == Status.RUNNING.value, last_move < func.now() - timedelta(seconds=after),
+               (Task.stalled_at.is_(None)) | (Task.stalled_at < last_move))
+        .values(stalled_at=func.now())
+        .returning(Task.task_id, Task.user_id, Task.name, Task.task_type, Task.progress, Task.current_step,
+                   Task.worker, Task.started_at, Task.stalled_at, last_move.label("last_progress_at"))
+    )
+
+
+def task_flag_states(task_ids: Sequence[str]) -> Stmt:
+    """``(task_id, status, started_at)`` of ``task_ids``: whose control flag may go."""
+    return select(Task.task_id, Task.status, Task.started_at).where(Task.task_id.in_(list(task_ids)))

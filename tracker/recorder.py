@@ -26,132 +26,30 @@ from tracker.background import BackgroundWriter
 from tracker.config import psycopg_url
 from tracker.events import RawJSON, dumps
 from tracker.retry import Backoff
+from tracker.writes import (
+    LOG_COPY,
+    MEDIAN_RUNTIME,
+    METRIC_COPY,
+    PROGRESS_INSERT,
+    TASK_COLUMNS,
+    TASK_FIELDS,
+    TASK_INSERT,
+    TASK_UPDATE,
+    WORKER_NODE_BEAT,
+    WORKER_PROCESS_COLUMNS,
+    WORKER_PROCESS_UPSERT,
+)
 
 __all__ = ["Recorder", "TASK_FIELDS"]
 
 logger = logging.getLogger("tracker.recorder")
 
-#: Columns a task-state update may set. Timestamps are epoch seconds (floats).
-TASK_FIELDS = (
-    "name", "task_type", "user_id", "status", "status_ts", "progress", "current_step", "step_index",
-    "total_steps", "eta_seconds", "queue", "worker", "worker_pid", "retries", "parent_id", "root_id",
-    "group_id", "args", "result", "error_type", "error_message", "traceback", "metadata", "tags",
-    "published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at",
-    "heartbeat_at", "stalled_at", "kwargs", "rerun_of", "queue_wait", "run_time", "cpu_time", "memory_growth",
-)
-_TS_FIELDS = frozenset(
-    {"published_at", "received_at", "started_at", "updated_at", "progress_at", "finished_at", "heartbeat_at",
-     "stalled_at"}
-)
-
-
-_INT_FIELDS = frozenset({"step_index", "total_steps", "worker_pid", "retries"})
-_FLOAT_FIELDS = frozenset({"status_ts", "progress", "eta_seconds", "queue_wait", "run_time", "cpu_time",
-                           "memory_growth"}) | _TS_FIELDS
-_JSON_TEXT_FIELDS = frozenset({"result", "metadata", "tags", "args", "kwargs"})
-
-
-def _sql_type(field: str) -> str:
-    if field in _INT_FIELDS:
-        return "int4[]"
-    if field in _FLOAT_FIELDS:
-        return "float8[]"
-    return "text[]"  # text, and JSON sent as text
-
-
-#: Column defaults of ``tracker_tasks`` (as SQL) for the merge expressions of a new row;
-#: every other column starts NULL. A NOT NULL column added to TASK_FIELDS needs its entry here.
-_ROW_DEFAULTS = {"status": "'pending'", "status_ts": "0", "progress": "0", "retries": "0",
-                 "metadata": "'{}'::jsonb", "tags": "'{}'::text[]", "updated_at": "now()"}
-
-
-def _merge_exprs(old: Callable[[str], str]) -> list[str]:
-    """The value of each of :data:`TASK_FIELDS` once an update ``u`` is merged into the stored
-    row, whose columns ``old(field)`` names (``t.<field>``, or the default of a new row).
-
-    NULL in a column of ``u`` means "not reported": the old value stays.
-    """
-    exprs = []
-    newer = f"(u.status IS NOT NULL AND u.status_ts >= {old('status_ts')})"
-    for f in TASK_FIELDS:
-        if f == "status":
-            exprs.append(f"CASE WHEN {newer} THEN u.status ELSE {old(f)} END")
-        elif f == "status_ts":
-            exprs.append(f"CASE WHEN {newer} THEN u.status_ts ELSE {old(f)} END")
-        elif f == "metadata":
-            exprs.append(f"{old(f)} || COALESCE(u.metadata::jsonb, '{{}}'::jsonb)")
-        elif f == "tags":
-            exprs.append("CASE WHEN u.tags IS NOT NULL AND u.tags <> '[]' "
-                         f"THEN ARRAY(SELECT jsonb_array_elements_text(u.tags::jsonb)) ELSE {old(f)} END")
-        elif f in ("result", "args", "kwargs"):
-            exprs.append(f"COALESCE(u.{f}::jsonb, {old(f)})")
-        elif f in ("error_type", "error_message", "traceback"):
-            # A run that completes (after a retry) clears the error of the attempt before it, and
-            # the error of a status that lost to a newer one (that attempt's batch came late from
-            # another pool process) goes with it.
-            exprs.append(f"CASE WHEN u.status = 'completed' AND {newer} THEN u.{f} "
-                         f"WHEN u.status IS NOT NULL AND NOT {newer} THEN {old(f)} "
-                         f"ELSE COALESCE(u.{f}, {old(f)}) END")
-        elif f == "updated_at":
-            exprs.append(f"GREATEST({old(f)}, COALESCE(to_timestamp(u.updated_at), now()))")
-        elif f in _TS_FIELDS:
-            exprs.append(f"COALESCE(to_timestamp(u.{f}), {old(f)})")
-        else:
-            exprs.append(f"COALESCE(u.{f}, {old(f)})")
-    return exprs
-
-
-def _unnest() -> str:
-    cols = ("task_id",) + TASK_FIELDS
-    arrays = ", ".join(f"%s::{'text[]' if c == 'task_id' else _sql_type(c)}" for c in cols)
-    return f"unnest({arrays}) AS u({', '.join(cols)})"
-
-
-def _update_sql() -> str:
-    """One UPDATE for a whole batch of task states, from one array per column (no parameters
-    are built per row); it returns the ids it found."""
-    sets = ", ".join(f"{f} = {e}" for f, e in zip(TASK_FIELDS, _merge_exprs(lambda f: f"t.{f}"), strict=True))
-    return f"UPDATE tracker_tasks AS t SET {sets} FROM {_unnest()} WHERE t.task_id = u.task_id RETURNING t.task_id"
-
-
-def _insert_sql() -> str:
-    """The rows of a batch that do not exist yet, created with their values in one write (not
-    an empty row updated at once: that doubled the heap and index work of every new task).
-    ``DO NOTHING`` for a row another writer created meanwhile; it returns the ids it inserted."""
-    exprs = _merge_exprs(lambda f: _ROW_DEFAULTS.get(f, "NULL"))
-    return (f"INSERT INTO tracker_tasks (task_id, {', '.join(TASK_FIELDS)}) SELECT u.task_id, {', '.join(exprs)} "
-            f"FROM {_unnest()} ON CONFLICT (task_id) DO NOTHING RETURNING task_id")
-
-
-_UPDATE = _update_sql()
-_INSERT = _insert_sql()
-_LOG_COPY = (
-    "COPY tracker_logs (task_id, ts, levelno, level, message, source, user_id, context, traceback, attachments) "
-    "FROM STDIN"
-)
-# Arrays go in binary (%b): several times cheaper than a row per point.
-_PROGRESS_INSERT = (
-    "INSERT INTO tracker_progress (task_id, ts, ts_last, n, times, vals, steps) "
-    "VALUES (%s, to_timestamp(%s), to_timestamp(%s), %s, %b, %b, %b)"
-)
-_METRIC_COPY = "COPY tracker_metrics (name, value, unit, labels, task_id, task_type, user_id, ts) FROM STDIN"
-_WORKER_UPSERT = (
-    "INSERT INTO tracker_worker_processes (worker_id, hostname, pid, heartbeat_at, cpu_percent, rss_bytes, active, "
-    "processed, started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (worker_id) DO UPDATE SET "
-    "heartbeat_at = EXCLUDED.heartbeat_at, cpu_percent = EXCLUDED.cpu_percent, rss_bytes = EXCLUDED.rss_bytes, "
-    "active = EXCLUDED.active, processed = EXCLUDED.processed"
-)
-#: A process's heartbeat is its worker's too. A worker whose main process wrote no record yet
-#: (started before the schema had one, or never "ready") gets one from its first heartbeat.
-_WORKER_NODE_BEAT = (
-    "INSERT INTO tracker_workers (hostname, started_at, heartbeat_at) VALUES (%s, %s, %s) "
-    "ON CONFLICT (hostname) DO UPDATE SET heartbeat_at = GREATEST(tracker_workers.heartbeat_at, EXCLUDED.heartbeat_at)"
-)
-_MEDIAN_SQL = (
-    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)) "
-    "FROM (SELECT started_at, finished_at FROM tracker_tasks WHERE task_type = %s AND status = 'completed' "
-    "AND started_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY finished_at DESC LIMIT 50) r"
-)
+# The statements come from the query layer, built from the models and compiled once for psycopg.
+_UPDATE = TASK_UPDATE.sql
+_INSERT = TASK_INSERT.sql
+_JSON_TEXT_FIELDS = TASK_COLUMNS.json
+_FLOAT_FIELDS = TASK_COLUMNS.floats
+_INT_FIELDS = TASK_COLUMNS.ints
 
 
 def _task_columns(ids: list[str], tasks: dict[str, dict[str, Any]]) -> list[list[Any]]:
@@ -299,7 +197,7 @@ class Recorder(BackgroundWriter):
         self._logs: list[tuple[Any, ...]] = []
         self._progress: list[tuple[Any, ...]] = []
         self._metrics: list[tuple[Any, ...]] = []
-        self._workers: dict[str, tuple[Any, ...]] = {}
+        self._workers: dict[str, dict[str, Any]] = {}
         self._conn: psycopg.Connection[Any] | None = None
         #: Pause between tries while PostgreSQL is away (records keep buffering meanwhile).
         self._backoff = Backoff(first=0.05, most=2.0)
@@ -415,9 +313,12 @@ class Recorder(BackgroundWriter):
                active: list[str], processed: int = 0, started: float | None = None) -> None:
         """A heartbeat of worker process ``worker_id`` of worker ``hostname`` (its node name)."""
         now = time.time()
+        # By column name: the upsert takes the table's columns in the table's order.
+        beat = {"worker_id": worker_id, "hostname": hostname, "pid": pid, "heartbeat_at": _dt(now),
+                "started_at": _dt(now if started is None else started), "cpu_percent": cpu, "rss_bytes": rss,
+                "active": list(active), "processed": int(processed)}
         with self._lock:
-            self._workers[worker_id] = (worker_id, hostname, pid, now, cpu, rss, list(active), int(processed),
-                                        now if started is None else started)
+            self._workers[worker_id] = beat
             self._seq += 1
 
     def wake(self) -> None:
@@ -516,7 +417,7 @@ class Recorder(BackgroundWriter):
             with conn.cursor() as cur:
                 self._write(cur, tasks, logs, progress, metrics, workers)
                 for task_type in wanted:
-                    cur.execute(_MEDIAN_SQL, (task_type,))
+                    cur.execute(MEDIAN_RUNTIME.sql, MEDIAN_RUNTIME.args(p_task_type=task_type))
                     row = cur.fetchone()
                     self._medians[task_type] = (time.monotonic(), float(row[0]) if row and row[0] is not None
                                                 else None)
@@ -543,22 +444,22 @@ class Recorder(BackgroundWriter):
         if tasks:
             _write_tasks(cur, tasks)
         if logs:
-            with cur.copy(_LOG_COPY) as cp:
+            with cur.copy(LOG_COPY) as cp:
                 for r in logs:
                     cp.write_row((r[0], _dt(r[1]), r[2], r[3], _clean(r[4]), r[5], r[6],
                                   dumps(r[7]) if r[7] else "{}", _clean(r[8]), dumps(r[9]) if r[9] else "[]"))
         if progress:
-            cur.executemany(_PROGRESS_INSERT, _progress_batches(progress))
+            cur.executemany(PROGRESS_INSERT.sql, _progress_batches(progress))
         if metrics:
-            with cur.copy(_METRIC_COPY) as cp:
+            with cur.copy(METRIC_COPY) as cp:
                 for r in metrics:
                     cp.write_row((r[0], r[1], r[2], dumps(r[3]) if r[3] else "{}", r[4], r[5], r[6], _dt(r[7])))
         if workers:
-            cur.executemany(_WORKER_UPSERT, [(w[0], w[1], w[2], _dt(w[3]), w[4], w[5], w[6], w[7], _dt(w[8]))
-                                             for w in workers])
+            cur.executemany(WORKER_PROCESS_UPSERT.sql, [tuple(w[c] for c in WORKER_PROCESS_COLUMNS) for w in workers])
             # One row per worker, in a fixed order: two writers never lock rows in opposite orders.
-            nodes = {w[1]: (w[1], _dt(w[8]), _dt(w[3])) for w in sorted(workers, key=lambda w: w[3])}
-            cur.executemany(_WORKER_NODE_BEAT, [nodes[k] for k in sorted(nodes)])
+            nodes = {w["hostname"]: (w["hostname"], w["started_at"], w["heartbeat_at"])
+                     for w in sorted(workers, key=lambda w: w["heartbeat_at"])}
+            cur.executemany(WORKER_NODE_BEAT.sql, [nodes[k] for k in sorted(nodes)])
         self.written["tasks"] += len(tasks)
         self.written["logs"] += len(logs)
         self.written["progress"] += len(progress)

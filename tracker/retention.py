@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import Column, Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
+from tracker import queries
+from tracker.models import Base, Metric, Notification, ProgressBatch, Task, TaskLog, Worker, WorkerProcess
 from tracker.plan import Connect, Pause, Plan, Sql, run_async, run_sync
-from tracker.vocabulary import TERMINAL, status_sql_list
+from tracker.vocabulary import TERMINAL
 
 __all__ = [
     "PURGE_LOCK",
@@ -42,18 +45,32 @@ PURGE_LOCK = 0x74726B50
 DEFAULT_BATCH = 10_000
 MAX_BATCH = 1_000_000
 
-#: (name, table, time column, extra condition): rows whose time is before ``:cutoff``. Each
+
+def _table(model: type[Base]) -> Table:
+    return model.__table__  # type: ignore[return-value]  # a declarative model's table is a Table
+
+
+#: (name, table, time column, extra condition): rows whose time is before the cutoff. Each
 #: (time column, condition) pair matches an index (see the models and migration 0002), so a
 #: batch walks the index in time order instead of scanning the table.
-TARGETS: tuple[tuple[str, str, str, str], ...] = (
-    ("tasks", "tracker_tasks", "finished_at", f"status IN {status_sql_list(TERMINAL)}"),
-    ("logs", "tracker_logs", "ts", ""),
-    ("progress", "tracker_progress", "ts", ""),
-    ("metrics", "tracker_metrics", "ts", ""),
-    ("notifications", "tracker_notifications", "created_at", "is_read"),
-    ("workers", "tracker_workers", "heartbeat_at", ""),
-    ("worker_processes", "tracker_worker_processes", "heartbeat_at", ""),
-)
+Target = tuple[str, Table, Column[Any], ColumnElement[bool] | None]
+
+
+def _targets() -> tuple[Target, ...]:
+    tasks, logs, progress, metrics, notifications, workers, processes = (
+        _table(m) for m in (Task, TaskLog, ProgressBatch, Metric, Notification, Worker, WorkerProcess))
+    return (
+        ("tasks", tasks, tasks.c.finished_at, tasks.c.status.in_([s.value for s in TERMINAL])),
+        ("logs", logs, logs.c.ts, None),
+        ("progress", progress, progress.c.ts, None),
+        ("metrics", metrics, metrics.c.ts, None),
+        ("notifications", notifications, notifications.c.created_at, notifications.c.is_read),
+        ("workers", workers, workers.c.heartbeat_at, None),
+        ("worker_processes", processes, processes.c.heartbeat_at, None),
+    )
+
+
+TARGETS = _targets()
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "": 86400}
@@ -110,25 +127,13 @@ def check_batch(batch_size: Any) -> int:
     return batch_size
 
 
-def batch_statement(table: str, column: str, condition: str = "") -> TextClause:
-    """Delete the oldest ``:n`` rows of ``table`` whose ``column`` is before ``:cutoff``.
-
-    Rows are picked through the time index and deleted by ``ctid`` (no second lookup);
-    the result's rowcount is the batch's size. Names come from :data:`TARGETS`, never from
-    user input.
-    """
-    where = f"{condition} AND {column} < :cutoff" if condition else f"{column} < :cutoff"
-    return text(f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-                f"SELECT ctid FROM {table} WHERE {where} ORDER BY {column} LIMIT :n))")
-
-
-_LOCK = text("SELECT pg_try_advisory_lock(:k)")
-_UNLOCK = text("SELECT pg_advisory_unlock(:k)")
+#: The purge's batch (built by the query layer): delete the oldest ``:n`` rows before ``:cutoff``.
+batch_statement = queries.purge_batch
 
 
 def _batches(result: PurgeResult, n: int, pause: float) -> Plan[PurgeResult]:
     """The purge, once: lock, every target in committed batches of ``n``, unlock."""
-    if not (yield Sql(_LOCK, {"k": PURGE_LOCK}, read=_scalar, commit=True)):
+    if not (yield Sql(queries.try_advisory_lock(PURGE_LOCK), read=_scalar, commit=True)):
         result.skipped = True
         return result
     try:
@@ -145,7 +150,7 @@ def _batches(result: PurgeResult, n: int, pause: float) -> Plan[PurgeResult]:
                 yield Pause(pause)
             result.deleted[name] = total
     finally:
-        yield Sql(_UNLOCK, {"k": PURGE_LOCK}, commit=True)
+        yield Sql(queries.advisory_unlock(PURGE_LOCK), commit=True)
     return result
 
 

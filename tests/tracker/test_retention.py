@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import BindParameter, literal
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from tracker import retention
+from tracker.models import TaskLog
 from tracker.recorder import Recorder
 
 DAY = 86400.0
@@ -19,6 +23,19 @@ DAY = 86400.0
 
 def count(sql: Any, query: str, *args: Any) -> int:
     return int(sql.execute(query, args).fetchone()[0])
+
+
+def explainable(stmt: Any) -> str:
+    """A purge batch with its parameters written in (a cutoff 30 days ago, 10,000 rows), to EXPLAIN."""
+    values = {"cutoff": datetime.now(UTC) - timedelta(days=30), "n": 10_000}
+
+    def given(element: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key in values:
+            return literal(values[element.key], element.type)
+        return None
+
+    bound = replacement_traverse(stmt, {}, given)
+    return str(bound.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
 
 
 def test_parse_age() -> None:
@@ -48,12 +65,11 @@ def test_every_purge_batch_walks_an_index(tracker_env: dict[str, str], sql: Any)
         sql.execute(f"SET {setting} = off")
     try:
         for name, table, column, condition in retention.TARGETS:
-            if table == "tracker_workers":
+            if table.name == "tracker_workers":
                 continue  # one row per worker process: nothing to index
-            stmt = str(retention.batch_statement(table, column, condition))
-            stmt = stmt.replace(":cutoff", "now() - interval '30 days'").replace(":n", "10000")
+            stmt = explainable(retention.batch_statement(table, column, condition))
             plan = "\n".join(r[0] for r in sql.execute("EXPLAIN " + stmt).fetchall())
-            assert "Index" in plan and f"ix_{table}" in plan, f"{name}: {plan}"
+            assert "Index" in plan and f"ix_{table.name}" in plan, f"{name}: {plan}"
             assert "Sort" not in plan, f"{name} sorts instead of reading the index in order: {plan}"
     finally:
         sql.execute("RESET ALL")
@@ -72,8 +88,7 @@ def test_purge_of_a_million_old_log_rows_keeps_newer_rows(tracker_env: dict[str,
                 "SELECT %s, now() - interval '29 days' + g * interval '1 s', 20, 'INFO', 'recent line' "
                 "FROM generate_series(1, 2000) g", (new_task,))
     sql.execute("ANALYZE tracker_logs")
-    stmt = str(retention.batch_statement("tracker_logs", "ts"))
-    stmt = stmt.replace(":cutoff", "now() - interval '30 days'").replace(":n", "10000")
+    stmt = explainable(retention.batch_statement(TaskLog.__table__, TaskLog.__table__.c.ts))
     plan = "\n".join(r[0] for r in sql.execute("EXPLAIN " + stmt).fetchall())
     assert "ix_tracker_logs_ts" in plan, plan
 

@@ -1,0 +1,104 @@
+"""The write path's statements come from the tables: a column added to a model reaches them."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text, bindparam, select
+from sqlalchemy.dialects.postgresql import JSONB
+
+from tracker import writes
+from tracker.models import Metric, Task, TaskLog, WorkerProcess
+from tracker.recorder import Recorder
+
+
+def _copy(table: Any, name: str, *extra: Column[Any]) -> Table:
+    """A copy of a model's table under another name, with ``extra`` columns."""
+    copy = table.to_metadata(MetaData(), name=name)
+    for col in extra:
+        copy.append_column(col)
+    return copy
+
+
+def test_task_fields_are_the_task_table_columns() -> None:
+    table = Task.__table__
+    assert set(writes.TASK_FIELDS) == {c.name for c in table.c} - {"task_id", "created_at"}
+    assert writes.TASK_UPDATE.order == tuple(f"p_{n}" for n in ("task_id", *writes.TASK_FIELDS))
+    assert writes.TASK_INSERT.order == writes.TASK_UPDATE.order
+    assert not writes.TASK_UPDATE.constants and not writes.TASK_INSERT.constants
+
+
+def test_a_column_added_to_the_table_reaches_the_task_statements() -> None:
+    copy = _copy(Task.__table__, "tracker_tasks_copy", Column("attempts_left", Integer, server_default="3"),
+                 Column("labels", JSONB), Column("paused_at", DateTime(timezone=True)))
+    kinds = writes.task_columns(copy)
+    assert kinds.fields[-3:] == ("attempts_left", "labels", "paused_at")
+    assert "attempts_left" in kinds.ints and "labels" in kinds.json and "paused_at" in kinds.timestamps
+    update, insert = writes.task_update(copy), writes.task_insert(copy)
+    assert update.order[-3:] == insert.order[-3:] == ("p_attempts_left", "p_labels", "p_paused_at")
+    assert "UPDATE tracker_tasks_copy AS t" in update.sql
+    assert "attempts_left=coalesce(u.attempts_left, t.attempts_left)" in update.sql
+    assert "labels=coalesce(CAST(u.labels AS JSONB), t.labels)" in update.sql
+    assert "paused_at=coalesce(to_timestamp(u.paused_at), t.paused_at)" in update.sql
+    # A new row takes the column's server default, as the table declares it.
+    assert "coalesce(u.attempts_left, CAST('3' AS INTEGER))" in insert.sql
+    assert writes.task_update(Task.__table__).sql == writes.TASK_UPDATE.sql
+
+
+def test_copy_and_insert_columns_are_the_tables_columns() -> None:
+    assert writes.LOG_COLUMNS == tuple(c.name for c in TaskLog.__table__.c if c.name not in ("id", "search"))
+    assert writes.METRIC_COLUMNS == tuple(c.name for c in Metric.__table__.c if c.name != "id")
+    assert writes.WORKER_PROCESS_COLUMNS == tuple(c.name for c in WorkerProcess.__table__.c)
+    copy = _copy(TaskLog.__table__, "tracker_logs_copy", Column("span_id", Text))
+    assert writes.copy_columns(copy)[-1] == "span_id"
+    assert writes.copy_statement(copy).startswith("COPY tracker_logs_copy (task_id, ts, ")
+    assert writes.copy_statement(copy).endswith(", attachments, span_id) FROM STDIN")
+
+
+def test_the_recorder_rows_have_the_tables_layout() -> None:
+    # Recorder.log() and .metric() buffer their arguments as the COPY rows: a column added to the
+    # table without its argument fails here, not in a flush.
+    for method, columns in ((Recorder.log, writes.LOG_COLUMNS), (Recorder.metric, writes.METRIC_COLUMNS)):
+        assert tuple(inspect.signature(method).parameters)[1:] == columns
+
+
+def _arrays(kinds: writes.TaskColumns, states: dict[str, dict[str, Any]]) -> list[list[Any]]:
+    columns: list[list[Any]] = [list(states)]
+    for name in kinds.fields:
+        values = [s.get(name) for s in states.values()]
+        columns.append([None if v is None else json.dumps(v) if name in kinds.json else v for v in values])
+    return columns
+
+
+def test_the_statements_of_a_table_copy_write_its_new_columns(sql: Any) -> None:
+    name = f"tracker_tasks_{uuid.uuid4().hex[:8]}"
+    sql.execute(f"CREATE TEMP TABLE {name} (LIKE tracker_tasks INCLUDING DEFAULTS INCLUDING INDEXES)")
+    sql.execute(f"ALTER TABLE {name} ADD COLUMN attempts_left integer NOT NULL DEFAULT 3, ADD COLUMN labels jsonb")
+    copy = _copy(Task.__table__, name, Column("attempts_left", Integer, server_default="3"), Column("labels", JSONB))
+    kinds = writes.task_columns(copy)
+    with sql.cursor() as cur:
+        cur.execute(writes.task_insert(copy).sql, _arrays(kinds, {
+            "a": {"status": "pending", "status_ts": 0.0, "labels": {"team": "x"}, "tags": ["t1"]},
+            "b": {"status": "pending", "status_ts": 0.0, "attempts_left": 1}}))
+        assert sorted(r[0] for r in cur.fetchall()) == ["a", "b"]
+        cur.execute(writes.task_update(copy).sql, _arrays(kinds, {
+            "a": {"status": "running", "status_ts": 5.0, "attempts_left": 2, "metadata": {"k": 1}},
+            "b": {"status": "completed", "status_ts": 9.0}}))
+        assert sorted(r[0] for r in cur.fetchall()) == ["a", "b"]
+        rows = cur.execute(f"SELECT task_id, status, attempts_left, labels, tags, metadata FROM {name} "
+                           "ORDER BY task_id").fetchall()
+    assert rows == [("a", "running", 2, {"team": "x"}, ["t1"], {"k": 1}), ("b", "completed", 1, None, [], {})]
+
+
+def test_a_hot_statement_binding_more_than_its_inputs_is_refused_at_compile_time() -> None:
+    # The Recorder hands psycopg its arrays as they are: a stray bound constant would shift them.
+    table = Task.__table__
+    stray = select(table.c.task_id).where(table.c.task_id == bindparam("p_id"), table.c.status == "running")
+    with pytest.raises(RuntimeError, match="binds"):
+        writes.compile_for_psycopg(stray, ["p_id"])
+    compiled = writes.compile_for_psycopg(stray, ["p_id"], constants=True)
+    assert compiled.args(p_id="x") == ("x", "running")
