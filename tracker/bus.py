@@ -2,7 +2,8 @@
 
 Publishing only appends to a queue; the thread sends everything queued as one write of
 ``XADD ... MAXLEN ~`` commands, at most once per ``tick`` under load (a progress report, a
-flush or the first event after a quiet spell wake it sooner), and sleeps while idle. Progress is coalesced per task (at most one event every
+flush or the first event after a quiet spell wake it sooner), and sleeps while idle.
+Progress is coalesced per task (at most one event every
 ``progress_interval``), and the latest value is always sent before any other event of the
 same task, so a client never misses the last progress before a status change. The same
 thread polls the control keys of the tasks running in this process, so ``progress()``
@@ -72,8 +73,11 @@ class EventBus(BackgroundWriter):
         #: Shortest gathering of events before a send (the first events after a quiet spell).
         self.linger = 0.002
         #: Lifecycle events are sent at most this long after they were published, in one
-        #: pipeline per tick under load.
-        self.tick = 0.02
+        #: write per tick under load. Each send cycle (wake, write, read the replies, sleep)
+        #: has a fixed cost of a few hundred microseconds of CPU: at 20 ms that was most of the
+        #: bus's cost per task in a pool process. 50 ms stays well inside the Recorder's
+        #: flush interval; progress events do not wait for it (feed latency is unchanged).
+        self.tick = 0.05
         #: Longest sleep of an idle sender thread with no control keys to poll.
         self.idle_wait = 1.0
         self._sleeping = False
@@ -82,6 +86,7 @@ class EventBus(BackgroundWriter):
         self._last_progress: dict[str, float] = {}
         self._held: dict[str, _Progress] = {}  # coalesced progress waiting for its slot
         self._client: redis.Redis | None = None
+        self._send_conn: Any = None  # a redis Connection of the client's pool (see _send_commands)
         #: Pause between tries while Redis is away (events keep buffering meanwhile).
         self._backoff = Backoff(first=0.05, most=2.0)
         #: task id -> control value ("pause", "cancel" or None) for tasks running here.
@@ -293,27 +298,28 @@ class EventBus(BackgroundWriter):
         self._mark_done(seq)
 
     def _send_commands(self, commands: list[tuple[Any, ...]]) -> None:
-        """Send ``commands`` in one write and read their replies, on one pooled connection.
+        """Send ``commands`` in one write and read their replies, on this thread's connection.
 
         What a non-transactional pipeline does, minus its per-command bookkeeping, which cost
         more than the XADDs themselves for the few events of one tick. A connection error
         propagates; any error leaves replies unread, so that connection is closed.
         """
-        pool = self._redis().connection_pool
-        conn = pool.get_connection()
+        conn = self._send_conn
+        if conn is None:
+            # This thread's own connection, kept across sends: checking one out of the pool and
+            # back per send cost more than the send (pid checks, a socket poll, bookkeeping).
+            conn = self._send_conn = self._redis().connection_pool.make_connection()
         try:
             if _pack_command is not None:
                 payload: list[bytes] = [b"".join([_pack_command(c) for c in commands])]
             else:
                 payload = conn.pack_commands(commands)
-            conn.send_packed_command(payload, check_health=False)
+            conn.send_packed_command(payload, check_health=False)  # connects when needed
             for _ in commands:
                 conn.read_response()  # raises the error reply of a failed command
         except BaseException:
-            conn.disconnect()
+            conn.disconnect()  # replies may be left unread: start afresh next time
             raise
-        finally:
-            pool.release(conn)
 
     def _poll_controls(self) -> None:
         ids = list(self.controls)
@@ -383,6 +389,12 @@ class EventBus(BackgroundWriter):
             del self.cancelled[next(iter(self.cancelled))]
 
     def _drop_client(self) -> None:
+        if self._send_conn is not None:
+            try:
+                self._send_conn.disconnect()
+            except Exception:
+                pass
+            self._send_conn = None
         if self._client is not None:
             try:
                 self._client.close()
