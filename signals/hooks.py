@@ -85,20 +85,26 @@ def runtime_for_app(app: Any = None) -> Runtime | None:
     return runtime_for(config) if config is not None else None
 
 
-#: id(app) -> (pid, runtime): the lookup runs in three hooks of every task.
-_runtime_cache: dict[int, tuple[int, Runtime | None]] = {}
+#: id(app) -> runtime: the lookup runs in every hook of every task. Emptied by install and
+#: uninstall and in a forked child; a runtime closed since (worker shutdown) is looked up again.
+_runtime_cache: dict[int, Runtime | None] = {}
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_runtime_cache.clear)
 
 
 def _runtime(sender: Any) -> Runtime | None:
     app = getattr(sender, "app", None) if sender is not None and not isinstance(sender, str) else None
     key = id(app)
-    cached = _runtime_cache.get(key)
-    pid = os.getpid()
-    if cached is not None and cached[0] == pid:
-        return cached[1]
-    rt = runtime_for_app(app)
-    _runtime_cache[key] = (pid, rt)
-    return rt
+    rt = _runtime_cache.get(key, _MISSING)
+    if rt is not _MISSING and (rt is None or not rt.closed):
+        return rt  # type: ignore[return-value]
+    found = runtime_for_app(app)
+    _runtime_cache[key] = found
+    return found
+
+
+_MISSING: Any = object()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -187,7 +193,7 @@ def on_before_task_publish(sender: Any = None, body: Any = None, exchange: Any =
     task_id = _task_id(headers, body)
     if task_id is None:
         return
-    rt = runtime_for_app(None)
+    rt = _runtime(None)
     if rt is None:
         return
     ctx = current_context()
