@@ -81,6 +81,15 @@ def to_headers(ctx: TrackingContext) -> dict[str, Any]:
 def _lookup(source: Any, key: str) -> Any:
     if source is None:
         return None
+    if type(source) is dict:
+        # The common case (message headers, a request's __dict__), without the ABC check:
+        # this runs for every key of every task, in the producer and in the pool process.
+        value = source.get(key)
+        if value is None:
+            nested = source.get("headers")
+            if type(nested) is dict or isinstance(nested, Mapping):
+                value = nested.get(key)
+        return value
     if isinstance(source, Mapping):
         value = source.get(key)
         if value is None and isinstance(source.get("headers"), Mapping):

@@ -26,7 +26,7 @@ from signals.runtime import ActiveTask, Runtime, close_runtime, runtime_for, shu
 from signals.runtime import runtime_key as _runtime_key
 from tracker.config import TrackerConfig
 from tracker.events import RawJSON, dumps
-from tracker.redaction import redactor_for
+from tracker.redaction import Redactor, redactor_for
 
 __all__ = ["install", "uninstall", "is_installed", "config_for", "runtime_for_app", "TaskCancelled"]
 
@@ -85,20 +85,26 @@ def runtime_for_app(app: Any = None) -> Runtime | None:
     return runtime_for(config) if config is not None else None
 
 
-#: id(app) -> (pid, runtime): the lookup runs in three hooks of every task.
-_runtime_cache: dict[int, tuple[int, Runtime | None]] = {}
+#: id(app) -> runtime: the lookup runs in every hook of every task. Emptied by install and
+#: uninstall and in a forked child; a runtime closed since (worker shutdown) is looked up again.
+_runtime_cache: dict[int, Runtime | None] = {}
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_runtime_cache.clear)
 
 
 def _runtime(sender: Any) -> Runtime | None:
     app = getattr(sender, "app", None) if sender is not None and not isinstance(sender, str) else None
     key = id(app)
-    cached = _runtime_cache.get(key)
-    pid = os.getpid()
-    if cached is not None and cached[0] == pid:
-        return cached[1]
-    rt = runtime_for_app(app)
-    _runtime_cache[key] = (pid, rt)
-    return rt
+    rt = _runtime_cache.get(key, _MISSING)
+    if rt is not _MISSING and (rt is None or not rt.closed):
+        return rt  # type: ignore[return-value]
+    found = runtime_for_app(app)
+    _runtime_cache[key] = found
+    return found
+
+
+_MISSING: Any = object()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -141,14 +147,19 @@ def _body_arguments(body: Any) -> tuple[Any, Any]:
     return None, None
 
 
-def _argument_fields(config: TrackerConfig, args: Any, kwargs: Any) -> dict[str, Any]:
-    """A task's arguments as stored: redacted here, where they enter, and bounded like results."""
+def _argument_fields(config: TrackerConfig, args: Any, kwargs: Any,
+                     redactor: Redactor | None = None) -> dict[str, Any]:
+    """A task's arguments as stored: redacted here, where they enter, and bounded like results.
+
+    The hooks pass their runtime's redactor (``redactor_for`` its configuration, looked up once).
+    """
     if not config.store_args:
         return {}
     if not args and not kwargs:
         return _NO_ARGUMENTS
-    plain_args, plain_kwargs = redactor_for(config).arguments(args, kwargs)
-    return {"args": _jsonable_result(plain_args), "kwargs": _jsonable_result(plain_kwargs)}
+    plain_args, plain_kwargs = (redactor or redactor_for(config)).arguments(args, kwargs)
+    return {"args": _jsonable_result(plain_args) if plain_args else _NO_ARGUMENTS["args"],
+            "kwargs": _jsonable_result(plain_kwargs) if plain_kwargs else _NO_ARGUMENTS["kwargs"]}
 
 
 def _error_fields(exc: BaseException | None, einfo: Any = None, trace: Any = None) -> dict[str, Any]:
@@ -187,7 +198,7 @@ def on_before_task_publish(sender: Any = None, body: Any = None, exchange: Any =
     task_id = _task_id(headers, body)
     if task_id is None:
         return
-    rt = runtime_for_app(None)
+    rt = _runtime(None)
     if rt is None:
         return
     ctx = current_context()
@@ -222,7 +233,7 @@ def on_before_task_publish(sender: Any = None, body: Any = None, exchange: Any =
         group_id=str(group) if group else None,
         rerun_of=headers.get(RERUN_HEADER),
         ts=now,
-        **_argument_fields(rt.config, *_body_arguments(body)),
+        **_argument_fields(rt.config, *_body_arguments(body), rt.reporter.redactor),
     )
 
 
@@ -348,7 +359,8 @@ def on_task_prerun(sender: Any = None, task_id: str | None = None, task: Any = N
         group_id=str(group) if group else None,
         queue=delivery.get("routing_key") if isinstance(delivery, Mapping) else None,
         # A tracked producer stored the arguments already (its header says so): redact only once.
-        **(_argument_fields(rt.config, request.args, request.kwargs) if published is None else {}),
+        **(_argument_fields(rt.config, request.args, request.kwargs, rt.reporter.redactor)
+           if published is None else {}),
         received_at=_float_or_none(getattr(request, RECEIVED_HEADER, None)),
         # The task.queue_wait figure: a column of the row, written with this state (tracker.figures).
         queue_wait=active.queue_wait,

@@ -60,11 +60,23 @@ def ensure_attached(level: int | str = logging.INFO) -> None:
     Celery's worker may replace root handlers when it sets up logging, so this is
     called again at task start; it is a cheap membership test.
     """
-    for logger in (logging.getLogger(), logging.getLogger("celery.task")):
+    for logger in _loggers():
         if handler not in logger.handlers:
             handler.setLevel(level)
             logger.addHandler(handler)
             _lower_level(logger, handler.level)
+
+
+_LOGGERS: tuple[logging.Logger, ...] = ()
+
+
+def _loggers() -> tuple[logging.Logger, ...]:
+    """The root and Celery task loggers (the same objects for the life of the process; looked
+    up once: ``getLogger`` takes the logging lock, and this runs at every task start)."""
+    global _LOGGERS
+    if not _LOGGERS:
+        _LOGGERS = (logging.getLogger(), logging.getLogger("celery.task"))
+    return _LOGGERS
 
 
 def _lower_level(logger: logging.Logger, wanted: int) -> None:

@@ -76,6 +76,8 @@ class Runtime:
         #: Tasks this process finished, reported with its heartbeats.
         self.processed = 0
         self.created = time.time()
+        #: Set by :meth:`close`: the hooks' cache then looks the runtime up again.
+        self.closed = False
 
     def beat_soon(self) -> None:
         """Send the next heartbeat at the recorder's next tick (within a second): a task just
@@ -130,6 +132,7 @@ class Runtime:
         return self.reporter.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
+        self.closed = True
         if self.recorder is not None and workers.node_name() is not None:
             # A last heartbeat: the tasks this process processed count in full.
             self.beat_soon()

@@ -1,7 +1,9 @@
 """The event bus: appends events to the Redis stream from a background thread.
 
-Publishing only appends to a queue; the thread sends everything queued in one pipeline
-of ``XADD ... MAXLEN ~``. Progress is coalesced per task (at most one event every
+Publishing only appends to a queue; the thread sends everything queued as one write of
+``XADD ... MAXLEN ~`` commands, at most once per ``tick`` under load (a progress report, a
+flush or the first event after a quiet spell wake it sooner), and sleeps while idle.
+Progress is coalesced per task (at most one event every
 ``progress_interval``), and the latest value is always sent before any other event of the
 same task, so a client never misses the last progress before a status change. The same
 thread polls the control keys of the tasks running in this process, so ``progress()``
@@ -20,8 +22,14 @@ from typing import Any
 import redis
 
 from tracker.background import BackgroundWriter
-from tracker.events import Event, encode
+from tracker.events import Event, xadd_args
 from tracker.retry import Backoff
+
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:  # the C packer redis-py uses itself when hiredis is installed (the redis[hiredis] extra)
+    from hiredis import pack_command as _pack_command
+except ImportError:  # pragma: no cover - redis-py without hiredis
+    _pack_command = None
 
 __all__ = ["EventBus"]
 
@@ -62,15 +70,23 @@ class EventBus(BackgroundWriter):
         self.progress_interval = progress_interval
         self.control_interval = control_interval
         self.buffer_max = buffer_max
-        #: Pause after a send so that events of a burst share the next pipeline.
+        #: Shortest gathering of events before a send (the first events after a quiet spell).
         self.linger = 0.002
-        #: Longest sleep of the sender thread: the latest a lifecycle event is sent.
-        self.tick = 0.02
+        #: Lifecycle events are sent at most this long after they were published, in one
+        #: write per tick under load. Each send cycle (wake, write, read the replies, sleep)
+        #: has a fixed cost of a few hundred microseconds of CPU: at 20 ms that was most of the
+        #: bus's cost per task in a pool process. 50 ms stays well inside the Recorder's
+        #: flush interval; progress events do not wait for it (feed latency is unchanged).
+        self.tick = 0.05
+        #: Longest sleep of an idle sender thread with no control keys to poll.
+        self.idle_wait = 1.0
         self._sleeping = False
+        self._idle = False
         self._queue: deque[Event | _Progress] = deque()
         self._last_progress: dict[str, float] = {}
         self._held: dict[str, _Progress] = {}  # coalesced progress waiting for its slot
         self._client: redis.Redis | None = None
+        self._send_conn: Any = None  # a redis Connection of the client's pool (see _send_commands)
         #: Pause between tries while Redis is away (events keep buffering meanwhile).
         self._backoff = Backoff(first=0.05, most=2.0)
         #: task id -> control value ("pause", "cancel" or None) for tasks running here.
@@ -100,7 +116,11 @@ class EventBus(BackgroundWriter):
                 self._last_progress.pop(task_id, None)
             self._enqueue(event)
         # Lifecycle events ride the sender's next tick (at most ``tick`` seconds away): waking
-        # it for each one would cost more than the event. Progress wakes it (latency target).
+        # it for each one would cost more than the event. Progress wakes it (latency target),
+        # and so does the first event for an idle sender (it sleeps longer than a tick).
+        if self._idle:
+            self._idle = False
+            self._wake.set()
 
     def progress(self, task_id: str, user_id: str | None, ts: float, progress: float,
                  current_step: str | None = None, step_index: int | None = None, total_steps: int | None = None,
@@ -178,23 +198,45 @@ class EventBus(BackgroundWriter):
     # -- the sender thread -------------------------------------------------------------------
     def _run(self) -> None:
         next_control = 0.0
+        last_send = 0.0
         while True:
-            timeout = self._backoff.delay or (min(self.tick, self.progress_interval / 2) if self._held else self.tick)
+            now = time.monotonic()
+            polling = bool(self.controls or self._follow)
+            if self._backoff.delay:
+                timeout = self._backoff.delay
+            elif self._queue:
+                # Lifecycle events gather for up to a tick after the previous send: one pipeline
+                # per tick under load, not one per event or two (a progress report ends the wait).
+                timeout = max(self.linger, last_send + self.tick - now)
+            elif self._held:
+                timeout = min(self.tick, self.progress_interval / 2)
+            else:
+                # Nothing to send: sleep until the next control poll (or long); the first event
+                # published meanwhile wakes this thread (see publish). An idle thread waking every
+                # tick cost the process it lives in (the worker's dispatching main process).
+                timeout = max(0.0, next_control - now) if polling else self.idle_wait
+                self._idle = True
             # Publishers set the event only while this thread sleeps (setting it per event costs
             # more than the event): announce the sleep, then look at the queue once more.
+            idle = self._idle
             self._sleeping = True
-            if not self._queue or self._backoff.delay:
+            if not (idle and self._queue):
                 self._wake.wait(timeout)
             self._sleeping = False
+            # Woken from idleness by a publisher (it cleared the flag): gather for a moment
+            # (the loop's next wait) instead of sending that one event alone.
+            by_publisher = idle and not self._idle
+            self._idle = False
             self._wake.clear()
             closing = self._closed
+            if by_publisher and not closing:
+                continue
             try:
                 self._release_held()
                 sent = self.sent
                 self._send()
-                if self.sent > sent and not closing:
-                    # Let a burst gather: one pipeline per few milliseconds, not one per event.
-                    time.sleep(self.linger)
+                if self.sent > sent:
+                    last_send = time.monotonic()
                 if self._to_clear:
                     self._clear_controls()
                 if (self.controls or self._follow) and time.monotonic() >= next_control:
@@ -233,11 +275,10 @@ class EventBus(BackgroundWriter):
             self._mark_done(seq)
             return
         try:
-            pipe = self._redis().pipeline(transaction=False)
-            for item in batch:
-                event = item if isinstance(item, Event) else _progress_event(item)
-                pipe.xadd(self.stream, encode(event), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-            pipe.execute()
+            stream, maxlen = self.stream, self.maxlen
+            # Each command as a whole (tracker.events.xadd_args): the fields of encode(event).
+            self._send_commands([xadd_args(stream, maxlen, item if isinstance(item, Event) else _progress_event(item))
+                                 for item in batch])
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self.failures += 1
             if self.connected or self.failures == 1:
@@ -255,6 +296,30 @@ class EventBus(BackgroundWriter):
         self._backoff.reset()
         self.sent += len(batch)
         self._mark_done(seq)
+
+    def _send_commands(self, commands: list[tuple[Any, ...]]) -> None:
+        """Send ``commands`` in one write and read their replies, on this thread's connection.
+
+        What a non-transactional pipeline does, minus its per-command bookkeeping, which cost
+        more than the XADDs themselves for the few events of one tick. A connection error
+        propagates; any error leaves replies unread, so that connection is closed.
+        """
+        conn = self._send_conn
+        if conn is None:
+            # This thread's own connection, kept across sends: checking one out of the pool and
+            # back per send cost more than the send (pid checks, a socket poll, bookkeeping).
+            conn = self._send_conn = self._redis().connection_pool.make_connection()
+        try:
+            if _pack_command is not None:
+                payload: list[bytes] = [b"".join([_pack_command(c) for c in commands])]
+            else:
+                payload = conn.pack_commands(commands)
+            conn.send_packed_command(payload, check_health=False)  # connects when needed
+            for _ in commands:
+                conn.read_response()  # raises the error reply of a failed command
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: start afresh next time
+            raise
 
     def _poll_controls(self) -> None:
         ids = list(self.controls)
@@ -324,6 +389,12 @@ class EventBus(BackgroundWriter):
             del self.cancelled[next(iter(self.cancelled))]
 
     def _drop_client(self) -> None:
+        if self._send_conn is not None:
+            try:
+                self._send_conn.disconnect()
+            except Exception:
+                pass
+            self._send_conn = None
         if self._client is not None:
             try:
                 self._client.close()

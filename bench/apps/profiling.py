@@ -1,5 +1,6 @@
 """``BENCH_PROFILE=<dir>``: profile every process of a benchmark worker (main and pool children)
-with cProfile and dump ``<dir>/<pid>.prof`` at shutdown, to see where per-task time goes."""
+with cProfile and dump ``<dir>/<pid>.prof`` at shutdown, to see where per-task time goes
+(``BENCH_PROFILE_CPU=1``: thread CPU time instead of wall time)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import atexit
 import cProfile
 import os
 import threading
+import time
 from typing import Any
 
 from celery import signals as cs
@@ -20,7 +22,10 @@ def _start(**_: Any) -> None:
     out = os.environ.get("BENCH_PROFILE")
     if not out or os.getpid() in _profiles:
         return
-    prof = _profiles[os.getpid()] = cProfile.Profile()
+    # BENCH_PROFILE_CPU=1: CPU time of the profiled thread, not wall time (which on a busy
+    # machine is mostly waiting for a core or the GIL).
+    cpu = os.environ.get("BENCH_PROFILE_CPU", "").lower() in {"1", "true", "yes", "on"}
+    prof = _profiles[os.getpid()] = cProfile.Profile(time.thread_time) if cpu else cProfile.Profile()
     # Threads started from now on (the Recorder's and the bus's) are profiled too.
     threading.setprofile(lambda *a: None)
     prof.enable()
