@@ -21,7 +21,7 @@ its token reaches ``exp``; ``op: auth`` with a new token of the same user (and a
 that point, a token of anyone else gets an ``error`` and close 4003, a bad one an ``error`` (the
 old token stays in force).
 
-Limits (:class:`webgate.feed.hub.FeedSettings`, env ``TRACKER_FEED_*``): ``subscribe_rate`` subscribes
+Limits (:class:`webgate.feed.settings.FeedSettings`, env ``TRACKER_FEED_*``): ``subscribe_rate`` subscribes
 per second per connection (beyond: ``error`` code ``rate_limited``), ``max_connections_per_user``
 open sockets per user in this process (beyond: HTTP 429 at the upgrade, close 4029 after a
 first-frame auth), and ``max_replay``: a resume from further back answers ``recovered`` with
@@ -55,8 +55,9 @@ from webgate.core.db import fetch_all, fetch_one
 from webgate.core.errors import json_error
 from webgate.core.keys import CELERY_APP, CONFIG, REDIS, REPORTER
 from webgate.feed import frames
-from webgate.feed.hub import Conn, FeedSettings, Hub, Item, id_key
+from webgate.feed.hub import Conn, Hub, Item, id_key
 from webgate.feed.replay_bound import ReplayBound
+from webgate.feed.settings import FeedSettings
 from webgate.feed.stream import StreamReader, is_complete, replay
 
 __all__ = ["setup", "HUB", "FEED_SETTINGS", "STREAM_READER", "REPLAY_BOUND", "WS_PATH", "CLIENT_JS_PATH"]
@@ -475,7 +476,8 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def setup(app: web.Application) -> None:
     if FEED_SETTINGS not in app:
-        app[FEED_SETTINGS] = FeedSettings.from_env()
+        celery_app = app.get(CELERY_APP)
+        app[FEED_SETTINGS] = FeedSettings.from_celery(celery_app) if celery_app is not None else FeedSettings.from_env()
     app.router.add_get(WS_PATH, ws_handler)
     app.router.add_get(CLIENT_JS_PATH, client_js)
     app.cleanup_ctx.append(_feed_ctx)

@@ -23,12 +23,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import socket
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +34,7 @@ from aiohttp import web
 from tracker.events import Event
 from tracker.vocabulary import CloseCode
 from webgate.feed import frames
+from webgate.feed.settings import FeedSettings
 
 __all__ = ["FeedSettings", "Conn", "Hub", "Item", "id_key", "TOPIC_KINDS"]
 
@@ -47,69 +46,6 @@ Item = tuple[str | None, bytes]
 TOPIC_KINDS = ("task", "user", "group")
 _STARTS = frozenset({"task.pending", "task.started"})
 _unique = itertools.count()
-
-
-@dataclass(frozen=True)
-class FeedSettings:
-    """Tuning of the feed (defaults suit production; tests shrink some)."""
-
-    #: Frames held for a client that is not keeping up before it is closed with 1013.
-    max_queue: int = 1000
-    #: Live events kept for a client while its subscribe replays from ``since`` (they are shared
-    #: with every other subscriber: a few bytes each); past this the client is closed with 1013.
-    max_replay_backlog: int = 50_000
-    #: Bytes in a socket's transport buffer above which frames are held (and progress coalesced).
-    high_water: int = 256 * 1024
-    #: Held frames are written again once the transport buffer is below this.
-    low_water: int = 64 * 1024
-    #: aiohttp ping interval (seconds); a client missing a pong for half of it is dropped.
-    heartbeat: float = 30.0
-    #: Largest client message; a bigger one closes the socket with 1009.
-    max_msg_size: int = 64 * 1024
-    max_topics: int = 256
-    #: Tasks in a ``user:``/``all`` snapshot (active ones first), and in a ``group:`` one.
-    snapshot_limit: int = 100
-    group_snapshot_limit: int = 500
-    #: Seconds a closed socket gets to read its close frame before the connection is aborted.
-    close_grace: float = 10.0
-    #: XREAD BLOCK milliseconds and COUNT.
-    block_ms: int = 1000
-    read_count: int = 1000
-    #: Seconds the reader waits after a short read while no socket subscribes to anything, so the
-    #: next XREAD takes a batch: per-XREAD work was most of an idle gateway's CPU. A subscribe ends
-    #: the wait at once; with subscribers the reader never waits (0 turns this off).
-    idle_read_gap: float = 0.05
-    #: Recently started tasks remembered (owner, group) for authorisation and group routing.
-    known_tasks: int = 50_000
-    #: SO_SNDBUF of each WebSocket (0: the kernel's autotuning, up to several MiB per socket). A cap
-    #: bounds kernel memory per connection and lets backpressure show at the bound above.
-    send_buffer: int = 256 * 1024
-    #: Subscribes per second per connection (a token bucket with as many in reserve); beyond it an
-    #: ``error`` frame with code ``rate_limited``. 0 disables the limit.
-    subscribe_rate: float = 20.0
-    #: Open sockets per user (``sub``) on this gateway process; beyond it the upgrade gets 429. 0: no limit.
-    max_connections_per_user: int = 50
-    #: A resume from further back than this many stream entries answers ``recovered`` with
-    #: ``complete: false`` and a snapshot instead of replaying. 0: no bound.
-    max_replay: int = 10_000
-    #: Seconds a socket opened without a token has to send ``{"op": "auth", ...}`` before it is closed (4001).
-    auth_timeout: float = 5.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> FeedSettings:
-        """Defaults overridden by ``TRACKER_FEED_<FIELD>`` variables (e.g. ``TRACKER_FEED_MAX_QUEUE``)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get("TRACKER_FEED_" + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            kind = type(getattr(cls, f.name))
-            try:
-                values[f.name] = kind(raw)
-            except ValueError:
-                raise ValueError(f"TRACKER_FEED_{f.name.upper()} must be a {kind.__name__}, got {raw!r}") from None
-        return cls(**values)
 
 
 def id_key(entry_id: str) -> tuple[int, int]:
