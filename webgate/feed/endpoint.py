@@ -35,9 +35,7 @@ topics and their tasks need an admin token.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,7 +52,8 @@ from webgate.core.auth import AuthError, Principal, authenticate, decode_token, 
 from webgate.core.db import fetch_all, fetch_one
 from webgate.core.errors import json_error
 from webgate.core.keys import CELERY_APP, CONFIG, REDIS, REPORTER
-from webgate.feed import frames
+from webgate.feed import client_frames, frames
+from webgate.feed.client_frames import Refused
 from webgate.feed.hub import Conn, Hub, Item, id_key
 from webgate.feed.replay_bound import ReplayBound
 from webgate.feed.settings import FeedSettings
@@ -74,25 +73,8 @@ HUB = web.AppKey("tracker_feed_hub", Hub)
 STREAM_READER = web.AppKey("tracker_feed_reader", StreamReader)
 REPLAY_BOUND = web.AppKey("tracker_feed_replay_bound", ReplayBound)
 
-_ID_RE = re.compile(r"\d{1,20}(-\d{1,20})?")
-_MAX_IDENT = 255
-#: Longest token accepted in an ``auth`` frame (real ones are a few hundred characters).
-_MAX_TOKEN = 4096
-_CONTROL_OPS = frozenset(control.ACTIONS)
 _UNFINISHED = [s.value for s in Status if s not in TERMINAL]
 _UNAVAILABLE = (SQLAlchemyError, RedisError, OSError, TimeoutError)
-
-
-class Refused(Exception):
-    """A message the server will not act on: becomes an ``error`` frame."""
-
-    def __init__(self, code: str, message: str, **context: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.context = context
-
-    def frame(self) -> bytes:
-        return frames.error(self.code, str(self), **self.context)
 
 
 # -- the WebSocket endpoint ----------------------------------------------------------------------------
@@ -154,23 +136,14 @@ def _auth_ack(principal: Principal) -> bytes:
     return frames.ack("auth", user_id=principal.user_id, exp=principal.exp)
 
 
-def _auth_token(msg: dict[str, Any]) -> str:
-    token = msg.get("token")
-    if not isinstance(token, str) or not token:
-        raise Refused("bad_request", "'token' must be a non-empty string (a JWT)", op="auth")
-    if len(token) > _MAX_TOKEN:
-        raise Refused("bad_request", f"'token' is longer than {_MAX_TOKEN} characters", op="auth")
-    return token
-
-
 def _decode(app: web.Application, token: str) -> Principal:
     config = app[CONFIG]
     try:
         principal = decode_token(config.secret, token, max_ttl=config.token_max_ttl)
     except AuthError as exc:
-        raise Refused("unauthorized", str(exc), op="auth") from None
+        raise Refused("unauthorized", str(exc), op="auth", of="auth") from None
     if principal.exp is not None and principal.exp <= time.time():
-        raise Refused("unauthorized", "token expired", op="auth")
+        raise Refused("unauthorized", "token expired", op="auth", of="auth")
     return principal
 
 
@@ -200,18 +173,22 @@ async def _first_auth(app: web.Application, ws: web.WebSocketResponse,
                     continue
                 return None  # closed, closing or failed (e.g. 1009 for an oversized frame)
             try:
-                op = _op(msg.data)
-                if op[0] != "auth":
-                    raise Refused("unauthorized", 'authenticate first: send {"op": "auth", "token": "<jwt>"}',
-                                  op=op[0][:40])
-                try:
-                    return _decode(app, _auth_token(op[1]))
-                except Refused as exc:
-                    transport.write(exc.frame())
-                    await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"unauthorized")
-                    return None
+                frame = client_frames.parse(msg.data)
+                if not isinstance(frame, client_frames.Auth):
+                    transport.write(_unauthorized(frame.op))
+                    continue
+                return _decode(app, frame.token)
             except Refused as exc:
+                if exc.of is None:  # not a frame with an op at all: said so, and the wait goes on
+                    transport.write(exc.frame())
+                    continue
+                if exc.of != "auth":
+                    transport.write(_unauthorized(exc.of))
+                    continue
+                # A malformed auth frame or a bad token: said so, and closed.
                 transport.write(exc.frame())
+                await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"unauthorized")
+                return None
         transport.write(frames.error("unauthorized", "no auth frame within "
                                      f"{app[FEED_SETTINGS].auth_timeout:g} s", op="auth"))
         await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"authentication timeout")
@@ -220,18 +197,8 @@ async def _first_auth(app: web.Application, ws: web.WebSocketResponse,
         hub.unauthenticated.discard(ws)
 
 
-def _op(raw: str) -> tuple[str, dict[str, Any]]:
-    """The message's ``op`` and the message; :class:`Refused` when it is not a JSON object with a string op."""
-    try:
-        msg = json.loads(raw)
-    except ValueError:
-        raise Refused("bad_json", "message is not valid JSON") from None
-    if not isinstance(msg, dict):
-        raise Refused("bad_request", "a message must be a JSON object with an 'op'")
-    op = msg.get("op")
-    if not isinstance(op, str):
-        raise Refused("bad_request", "'op' must be a string")
-    return op, msg
+def _unauthorized(op: str) -> bytes:
+    return Refused("unauthorized", 'authenticate first: send {"op": "auth", "token": "<jwt>"}', op=op[:40]).frame()
 
 
 async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
@@ -242,25 +209,24 @@ async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
         hub.close(conn, frames.CLOSE_TOKEN_EXPIRED, "token expired")
         return
     try:
-        op, msg = _op(raw)
-        if op == "ping":
+        try:
+            frame = client_frames.parse(raw)
+        except Refused as exc:
+            # A malformed subscribe spends its token like any other (a flood of bad ones is limited too).
+            if exc.of == "subscribe":
+                _take_subscribe(hub, conn, exc.context.get("topic"))
+            raise
+        if isinstance(frame, client_frames.Ping):
             hub.send(conn, frames.pong())
-        elif op == "subscribe":
-            if not hub.take_subscribe(conn):
-                raise Refused("rate_limited", f"at most {hub.settings.subscribe_rate:g} subscribes per second "
-                              "per connection", topic=msg.get("topic") if isinstance(msg.get("topic"), str)
-                              and len(msg["topic"]) <= 80 else None)
-            await _subscribe(app, hub, conn, msg)
-        elif op == "unsubscribe":
-            topic = _topic(msg)
-            hub.unsubscribe(conn, topic)
-        elif op == "auth":
-            _refresh(app, hub, conn, msg)
-        elif op in _CONTROL_OPS:
-            await _control(app, hub, conn, op, msg)
+        elif isinstance(frame, client_frames.Subscribe):
+            _take_subscribe(hub, conn, frame.topic)
+            await _subscribe(app, hub, conn, frame)
+        elif isinstance(frame, client_frames.Unsubscribe):
+            hub.unsubscribe(conn, frame.topic)
+        elif isinstance(frame, client_frames.Auth):
+            _refresh(app, hub, conn, frame)
         else:
-            raise Refused("unknown_op", f"unknown op {op[:40]!r}; expected subscribe, unsubscribe, ping, auth, "
-                          "pause, resume or cancel", op=op[:40])
+            await _control(app, hub, conn, frame)
     except Refused as exc:
         hub.send(conn, exc.frame())
     except _UNAVAILABLE as exc:
@@ -268,9 +234,15 @@ async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
         hub.send(conn, frames.error("unavailable", "the store is unavailable; try again"))
 
 
-def _refresh(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, Any]) -> None:
+def _take_subscribe(hub: Hub, conn: Conn, topic: str | None) -> None:
+    if not hub.take_subscribe(conn):
+        raise Refused("rate_limited", f"at most {hub.settings.subscribe_rate:g} subscribes per second per connection",
+                      topic=topic if topic is not None and len(topic) <= 80 else None)
+
+
+def _refresh(app: web.Application, hub: Hub, conn: Conn, frame: client_frames.Auth) -> None:
     """``op: auth`` on an open connection: a new token for the same user moves the expiry."""
-    principal = _decode(app, _auth_token(msg))  # a bad token: an error, the connection goes on with the old one
+    principal = _decode(app, frame.token)  # a bad token: an error, the connection goes on with the old one
     if principal.user_id != conn.user_id or principal.admin != conn.admin:
         # Another identity cannot take over a socket (nor change its admin rights): refuse and close.
         hub.send(conn, frames.error("forbidden", "the new token is for another user: reconnect with it", op="auth"))
@@ -280,25 +252,9 @@ def _refresh(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, Any]) ->
     hub.send(conn, _auth_ack(principal))
 
 
-def _topic(msg: dict[str, Any]) -> str:
-    topic = msg.get("topic")
-    if not isinstance(topic, str):
-        raise Refused("bad_topic", "'topic' must be a string: task:<id>, user:<id>, group:<id> or all")
-    if topic == "all":
-        return topic
-    kind, sep, ident = topic.partition(":")
-    if not sep or kind not in ("task", "user", "group") or not ident or len(ident) > _MAX_IDENT:
-        raise Refused("bad_topic", f"unknown topic {topic[:80]!r}: use task:<id>, user:<id>, group:<id> or all",
-                      topic=topic[:80])
-    return topic
-
-
 # -- subscribe ---------------------------------------------------------------------------------------------
-async def _subscribe(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, Any]) -> None:
-    topic = _topic(msg)
-    since = msg.get("since")
-    if since is not None and (not isinstance(since, str) or not _ID_RE.fullmatch(since)):
-        raise Refused("bad_request", "'since' must be a stream id such as '1700000000000-0'", topic=topic)
+async def _subscribe(app: web.Application, hub: Hub, conn: Conn, frame: client_frames.Subscribe) -> None:
+    topic, since = frame.topic, frame.since
     if topic not in conn.topics and len(conn.topics) >= hub.settings.max_topics:
         raise Refused("too_many_topics", f"at most {hub.settings.max_topics} topics per connection", topic=topic)
     await _authorize(app, hub, conn, topic)
@@ -419,10 +375,8 @@ async def _snapshot(app: web.Application, conn: Conn, topic: str) -> list[dict[s
 
 
 # -- control ----------------------------------------------------------------------------------------------
-async def _control(app: web.Application, hub: Hub, conn: Conn, op: str, msg: dict[str, Any]) -> None:
-    task_id = msg.get("task_id")
-    if not isinstance(task_id, str) or not task_id or len(task_id) > _MAX_IDENT:
-        raise Refused("bad_request", "'task_id' must be a non-empty string", op=op)
+async def _control(app: web.Application, hub: Hub, conn: Conn, frame: client_frames.Control) -> None:
+    op, task_id = frame.op, frame.task_id
     row = await fetch_one(app, queries.task_by_id(task_id))
     if row is None and task_id in hub.recent:
         # Known from the stream but not stored yet: its row is in a write batch.
