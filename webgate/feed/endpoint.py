@@ -41,13 +41,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from tracker import control, queries
 from tracker.api import task_record
 from tracker.status import TERMINAL, Status
+from tracker.vocabulary import CloseCode
 from webgate.core.auth import AuthError, Principal, authenticate, decode_token, token_from_request
 from webgate.core.db import fetch_all, fetch_one
 from webgate.core.errors import json_error
@@ -58,6 +59,7 @@ from webgate.feed.hub import Conn, Hub, Item, id_key
 from webgate.feed.replay_bound import ReplayBound
 from webgate.feed.settings import FeedSettings
 from webgate.feed.stream import StreamReader, is_complete, replay
+from webgate.feed.wire import FrameWriter
 
 __all__ = ["setup", "HUB", "FEED_SETTINGS", "STREAM_READER", "REPLAY_BOUND", "WS_PATH", "CLIENT_JS_PATH"]
 
@@ -92,25 +94,24 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     # Without a token the upgrade is accepted; the first frame must be {"op": "auth"} (keeps tokens out of URLs).
     claimed = principal.user_id if principal is not None else None
     try:
-        # No compression: the hub writes pre-encoded frames straight to the transport.
+        # No compression: the hub writes pre-encoded frames straight to the transport (webgate.feed.wire).
         ws = web.WebSocketResponse(heartbeat=settings.heartbeat, max_msg_size=settings.max_msg_size,
                                    compress=False, timeout=settings.close_grace)
         await ws.prepare(request)
-        transport = request.transport
-        if transport is None:
+        if request.transport is None:
             return ws
+        writer = FrameWriter(ws, request.transport)
         if principal is None:
-            principal = await _first_auth(app, ws, transport)  # type: ignore[arg-type]
+            principal = await _first_auth(app, ws, writer)
             if principal is None:
                 return ws
             if not hub.claim(principal.user_id):
-                transport.write(frames.error("too_many_connections", _too_many(settings), op="auth"))
-                await ws.close(code=frames.CLOSE_TOO_MANY_CONNECTIONS, message=b"too many connections")
+                writer.write(frames.error("too_many_connections", _too_many(settings), op="auth"))
+                await writer.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
                 return ws
             claimed = principal.user_id
-            transport.write(_auth_ack(principal))
-        conn = hub.connect(ws, transport, principal.user_id, principal.admin,  # type: ignore[arg-type]
-                           exp=principal.exp)
+            writer.write(_auth_ack(principal))
+        conn = hub.connect(ws, writer, principal.user_id, principal.admin, exp=principal.exp)
         try:
             async for msg in ws:
                 if conn.closed:
@@ -147,8 +148,7 @@ def _decode(app: web.Application, token: str) -> Principal:
     return principal
 
 
-async def _first_auth(app: web.Application, ws: web.WebSocketResponse,
-                      transport: asyncio.Transport) -> Principal | None:
+async def _first_auth(app: web.Application, ws: web.WebSocketResponse, writer: FrameWriter) -> Principal | None:
     """Wait up to ``auth_timeout`` for ``{"op": "auth", "token": ...}``; serve nothing else meanwhile.
 
     Other frames get an ``error`` (code ``unauthorized``) and the wait goes on; a bad token gets an
@@ -169,29 +169,29 @@ async def _first_auth(app: web.Application, ws: web.WebSocketResponse,
                 break
             if msg.type is not WSMsgType.TEXT:
                 if msg.type is WSMsgType.BINARY:
-                    transport.write(frames.error("bad_request", "binary frames are not accepted: send JSON text"))
+                    writer.write(frames.error("bad_request", "binary frames are not accepted: send JSON text"))
                     continue
                 return None  # closed, closing or failed (e.g. 1009 for an oversized frame)
             try:
                 frame = client_frames.parse(msg.data)
                 if not isinstance(frame, client_frames.Auth):
-                    transport.write(_unauthorized(frame.op))
+                    writer.write(_unauthorized(frame.op))
                     continue
                 return _decode(app, frame.token)
             except Refused as exc:
                 if exc.of is None:  # not a frame with an op at all: said so, and the wait goes on
-                    transport.write(exc.frame())
+                    writer.write(exc.frame())
                     continue
                 if exc.of != "auth":
-                    transport.write(_unauthorized(exc.of))
+                    writer.write(_unauthorized(exc.of))
                     continue
                 # A malformed auth frame or a bad token: said so, and closed.
-                transport.write(exc.frame())
-                await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"unauthorized")
+                writer.write(exc.frame())
+                await writer.close(CloseCode.TOKEN_EXPIRED, "unauthorized")
                 return None
-        transport.write(frames.error("unauthorized", "no auth frame within "
-                                     f"{app[FEED_SETTINGS].auth_timeout:g} s", op="auth"))
-        await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"authentication timeout")
+        writer.write(frames.error("unauthorized", f"no auth frame within {app[FEED_SETTINGS].auth_timeout:g} s",
+                                  op="auth"))
+        await writer.close(CloseCode.TOKEN_EXPIRED, "authentication timeout")
         return None
     finally:
         hub.unauthenticated.discard(ws)
@@ -206,7 +206,7 @@ async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
         return
     if hub.expired(conn):
         # The timer is due but has not run yet (a busy loop): an expired token gets nothing served.
-        hub.close(conn, frames.CLOSE_TOKEN_EXPIRED, "token expired")
+        hub.close(conn, CloseCode.TOKEN_EXPIRED, "token expired")
         return
     try:
         try:
@@ -246,7 +246,7 @@ def _refresh(app: web.Application, hub: Hub, conn: Conn, frame: client_frames.Au
     if principal.user_id != conn.user_id or principal.admin != conn.admin:
         # Another identity cannot take over a socket (nor change its admin rights): refuse and close.
         hub.send(conn, frames.error("forbidden", "the new token is for another user: reconnect with it", op="auth"))
-        hub.close(conn, frames.CLOSE_FORBIDDEN, "token for another user")
+        hub.close(conn, CloseCode.FORBIDDEN, "token for another user")
         return
     hub.set_expiry(conn, principal.exp)
     hub.send(conn, _auth_ack(principal))
@@ -277,13 +277,13 @@ async def _subscribe(app: web.Application, hub: Hub, conn: Conn, frame: client_f
                 # Replayed events are exact (never coalesced): wait for the client to take the previous
                 # chunk; one that cannot in time is closed like any slow client.
                 if hub.behind(conn) and not await hub.drained(conn, hub.settings.close_grace):
-                    hub.close(conn, 1013, "too slow: reconnect and resume with since")
+                    hub.close(conn, WSCloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
                     return
                 if conn.closed:
                     return
                 hub.deliver(conn, items, coalesce=False)
             if hub.behind(conn) and not await hub.drained(conn, hub.settings.close_grace):
-                hub.close(conn, 1013, "too slow: reconnect and resume with since")
+                hub.close(conn, WSCloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
                 return
             if id_key(since) > id_key(upto) and conn.topics == {topic}:
                 # The client saw events this gateway has not read yet: do not send them twice. (The floor is
@@ -425,7 +425,7 @@ async def _feed_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _on_shutdown(app: web.Application) -> None:
     hub = app.get(HUB)
     if hub is not None:
-        await hub.shutdown(1001, timeout=min(5.0, hub.settings.close_grace))
+        await hub.shutdown(WSCloseCode.GOING_AWAY, timeout=min(5.0, hub.settings.close_grace))
 
 
 def setup(app: web.Application) -> None:
