@@ -1,6 +1,6 @@
 """The live feed: ``GET /api/v1/progress/ws`` and the JavaScript client.
 
-Client to server (JSON text frames)::
+Client to server (JSON text frames, the models of :mod:`webgate.feed.client_frames`)::
 
     {"op": "auth", "token": "<jwt>"}                                 -> {"type": "ack", "op": "auth", "user_id", "exp"}
     {"op": "subscribe", "topic": "task:<id>" | "user:<id>" | "group:<id>" | "all", "since": "<event id>"?}
