@@ -77,7 +77,9 @@ class FrameWriter:
         self.reason = self._precondition_failed(ws, transport)
         self.raw = self.reason is None
         self.transport = transport
-        self._queue: deque[bytes] = deque()
+        #: The fallback's payloads not yet sent (made on first use: an empty deque is ~760 bytes, and
+        #: there is one writer per connection).
+        self._queue: deque[bytes] | None = None
         self._queued = 0
         self._sender: asyncio.Task[None] | None = None
         if not self.raw:
@@ -101,6 +103,8 @@ class FrameWriter:
         if self.raw:
             self.transport.write(data)  # type: ignore[union-attr]  # raw implies a transport
             return
+        if self._queue is None:
+            self._queue = deque()
         for payload in payloads(data):
             self._queue.append(payload)
             self._queued += len(payload)
@@ -108,14 +112,16 @@ class FrameWriter:
             self._sender = asyncio.ensure_future(self._send())
 
     async def _send(self) -> None:
+        queue = self._queue
+        assert queue is not None  # made by write() before it starts the sender
         try:
-            while self._queue:
-                payload = self._queue.popleft()
+            while queue:
+                payload = queue.popleft()
                 self._queued -= len(payload)
                 await self.ws.send_str(payload.decode())
         except (ConnectionError, RuntimeError) as exc:  # closed under us: what is left is dropped with it
             logger.debug("feed: send_str stopped: %s", exc)
-            self._queue.clear()
+            queue.clear()
             self._queued = 0
         finally:
             self._sender = None
