@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.common import Result, servers
 
 #: Benchmark modules in run order; each has ``run(servers) -> list[Result]``.
-MODULES = ["bench.overhead", "bench.progress", "bench.ingest", "bench.queries", "bench.feed"]
+MODULES = ["bench.overhead", "bench.progress", "bench.ingest", "bench.queries", "bench.feed", "bench.frames"]
 
 
 def _fmt(v: float | None) -> str:

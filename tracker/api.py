@@ -76,9 +76,7 @@ class Tracker:
         if redis_url:
             overrides["redis_url"] = redis_url
         if overrides:
-            from dataclasses import replace
-
-            base = replace(base, **overrides)
+            base = base.replace(**overrides)
         self.config = base
         self.app = app
         self._engine: Engine | None = None

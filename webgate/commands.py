@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from tracker.cli.root import celery_app_from_ctx, config_from_ctx
-from tracker.config import TrackerConfig
+from tracker.config import ConfigError
 
 __all__ = ["gateway", "token"]
 
@@ -25,7 +25,7 @@ def gateway(ctx: click.Context, host: str, port: int, no_migrate: bool) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = celery_app_from_ctx(ctx)
-    config = TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env()
+    config = config_from_ctx(ctx)
     from webgate.core.auth import SecretError, check_secret
     from webgate.notify.notifier import check_config
 
@@ -39,7 +39,10 @@ def gateway(ctx: click.Context, host: str, port: int, no_migrate: bool) -> None:
         raise click.ClickException(f"notification settings: {exc}") from None
     if not no_migrate:
         upgrade(config.require_database())
-    run_gateway(config, host, port, celery_app=app)
+    try:
+        run_gateway(config, host, port, celery_app=app)
+    except ConfigError as exc:  # a bad TRACKER_FEED_* setting: found while building the app, before serving
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command()

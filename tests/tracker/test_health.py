@@ -6,7 +6,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -72,7 +71,7 @@ def test_sigkill_of_whole_worker_marks_task_lost_and_spares_living_one(
         tracked_app: Any, make_worker: Any, tracker: Any, rdb: Any, sql: Any, sweeper: Any) -> None:
     from tests.apps.tasks import steps
 
-    config = replace(TrackerConfig.from_env(), heartbeat_interval=0.5, worker_lost_after=3.0, stall_after=3600.0)
+    config = TrackerConfig.from_env().replace(heartbeat_interval=0.5, worker_lost_after=3.0, stall_after=3600.0)
     doomed = make_worker(concurrency=1, extra_env=FAST)
     alive = make_worker(concurrency=1, extra_env=FAST)
     since = stream_tail(rdb)
@@ -147,7 +146,7 @@ def test_stalled_task_is_flagged_once_and_not_failed(tracked_app: Any, worker: A
                                                      sweeper: Any) -> None:
     from tests.apps.tasks import sleep, steps
 
-    config = replace(TrackerConfig.from_env(), stall_after=1.0)
+    config = TrackerConfig.from_env().replace(stall_after=1.0)
     since = stream_tail(rdb)
     quiet = sleep.apply_async((5,), queue=worker.queue)  # never reports progress
     busy = steps.apply_async((80, 0.05), queue=worker.queue)  # reports progress all along
@@ -176,7 +175,7 @@ def test_stalled_task_is_flagged_once_and_not_failed(tracked_app: Any, worker: A
 
 
 def test_stall_is_flagged_again_only_after_progress(tracker_env: dict[str, str], tracker: Any, sql: Any) -> None:
-    config = replace(TrackerConfig.from_env(), stall_after=1.0)
+    config = TrackerConfig.from_env().replace(stall_after=1.0)
     task_id = fake_task(sql, heartbeat_age=0.0, progress_age=5.0)
     first = health.sweep(tracker.engine, config)
     assert task_id in [r["task_id"] for r in first.stalled]
@@ -193,7 +192,7 @@ def test_stall_is_flagged_again_only_after_progress(tracker_env: dict[str, str],
 
 
 def test_only_worker_tasks_with_stale_heartbeats_are_lost(tracker_env: dict[str, str], tracker: Any, sql: Any) -> None:
-    config = replace(TrackerConfig.from_env(), worker_lost_after=5.0, stall_after=3600.0)
+    config = TrackerConfig.from_env().replace(worker_lost_after=5.0, stall_after=3600.0)
     lost = fake_task(sql, heartbeat_age=60)
     paused_lost = fake_task(sql, "paused", heartbeat_age=60)
     fresh = fake_task(sql, heartbeat_age=1)
@@ -218,13 +217,13 @@ def test_bad_windows_are_refused(tracker_env: dict[str, str], tracker: Any) -> N
             health.lost_statement(bad)
         with pytest.raises(ValueError):
             health.stalled_statement(bad)
-    assert health.sweep_interval(replace(TrackerConfig.from_env(), worker_lost_after=30.0)) == 7.5
+    assert health.sweep_interval(TrackerConfig.from_env().replace(worker_lost_after=30.0)) == 7.5
 
 
 # -- control flags of ended tasks ----------------------------------------------------------------------
 def test_sweep_deletes_flags_of_ended_tasks_only(tracker_env: dict[str, str], tracker: Any, sql: Any,
                                                  rdb: Any) -> None:
-    config = replace(TrackerConfig.from_env(), stall_after=3600.0)
+    config = TrackerConfig.from_env().replace(stall_after=3600.0)
     ended = fake_task(sql, "completed", heartbeat_age=60)
     running = fake_task(sql, heartbeat_age=0.0)
     never_started = fake_task(sql, "cancelled", heartbeat_age=None)
@@ -277,7 +276,7 @@ async def test_gateways_sweep_continuously_and_report_once(tracker_env: dict[str
     from webgate.ops import health as gate_health
 
     monkeypatch.setattr(gate_health, "_RETENTION_FIRST", 0.2)
-    config = replace(TrackerConfig.from_env(), worker_lost_after=2.0, stall_after=3600.0, retention_days=30.0)
+    config = TrackerConfig.from_env().replace(worker_lost_after=2.0, stall_after=3600.0, retention_days=30.0)
     since = stream_tail(rdb)
     old_log = sql.execute("INSERT INTO tracker_logs (task_id, ts, levelno, level, message) VALUES "
                           "('gone', now() - interval '40 days', 20, 'INFO', 'old') RETURNING id").fetchone()[0]
@@ -314,7 +313,7 @@ def test_sweep_without_redis_still_marks_lost_tasks(tracker_env: dict[str, str],
 
     from tracker.demo.services import free_port
 
-    config = replace(TrackerConfig.from_env(), worker_lost_after=5.0, stall_after=3600.0)
+    config = TrackerConfig.from_env().replace(worker_lost_after=5.0, stall_after=3600.0)
     lost = fake_task(sql, heartbeat_age=60)
     nowhere = redis_lib.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     try:

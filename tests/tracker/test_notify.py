@@ -219,7 +219,7 @@ def test_digest_content():
 def iso_tracker(tracker_env: dict[str, str]) -> Any:
     """A Tracker on its own stream prefix, so no gateway of another test delivers its queue."""
     prefix = f"tn-{uuid.uuid4().hex[:8]}"
-    t = Tracker(config=replace(TrackerConfig.from_env(), prefix=prefix))
+    t = Tracker(config=TrackerConfig.from_env().replace(prefix=prefix))
     yield t
     t.close()
 
@@ -325,7 +325,7 @@ def test_notifications_are_queued_later_when_redis_is_down(tracker_env, sql):
     user = uid("u")
     from tracker.demo.services import free_port
 
-    cfg = replace(TrackerConfig.from_env(), redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    cfg = TrackerConfig.from_env().replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     with Tracker(config=cfg) as t:
         rec = t.notify(user, "stored anyway", channels=["websocket", "webhook"])
     assert rec.delivery["webhook"]["status"] == "pending"

@@ -3,8 +3,6 @@ end-to-end checks (real worker, gateway, PostgreSQL, stream, exports) are in tes
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from signals.hooks import _argument_fields, _body_arguments
 from tracker.config import TrackerConfig
 from tracker.events import RawJSON
@@ -43,7 +41,7 @@ def test_deep_or_odd_values_are_bounded():
 
 def test_hook_fields_store_none_when_disabled_and_constants_when_empty():
     config = TrackerConfig()
-    assert _argument_fields(replace(config, store_args=False), [1], {"password": "x"}) == {}
+    assert _argument_fields(config.replace(store_args=False), [1], {"password": "x"}) == {}
     empty = _argument_fields(config, (), {})
     assert empty == {"args": "[]", "kwargs": "{}"} and all(isinstance(v, RawJSON) for v in empty.values())
     fields = _argument_fields(config, (1,), {"password": "x", "n": 2})

@@ -8,7 +8,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -116,9 +115,9 @@ async def feed_gateway(tracker_env: dict[str, str], prefix: str) -> AsyncIterato
     started: list[FeedGateway] = []
 
     async def make(settings: Any = None, redis_url: str | None = None, port: int | None = None) -> FeedGateway:
-        config = replace(TrackerConfig.from_env(), prefix=prefix)
+        config = TrackerConfig.from_env().replace(prefix=prefix)
         if redis_url is not None:
-            config = replace(config, redis_url=redis_url)
+            config = config.replace(redis_url=redis_url)
         gw = FeedGateway(config, settings, port)
         started.append(gw)
         return await gw.start()

@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -113,7 +112,7 @@ def test_invalid_aggregate_rules_stop_the_gateway(tracker_env, rule, message):
     # The same check_config as every rule: `tracker gateway` exits with this message (as
     # test_notifications shows for a process).
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("?", r"\?")):
-        create_app(replace(TrackerConfig.from_env(), notifications=[rule]))
+        create_app(TrackerConfig.from_env().replace(notifications=[rule]))
 
 
 # -- failure rate: two gateways, real tasks, a webhook ---------------------------------------------------------
@@ -196,7 +195,7 @@ async def test_queue_depth_fires_once_per_queue_and_episode_across_a_restart(tra
     rule_id, user = uid("depth"), uid("ops")
     qa, qb, qc = (f"{prefix}-{n}" for n in ("a", "b", "c"))
     rule = {"id": rule_id, "on": "queue_depth>20", "queues": [f"{prefix}-*"], "users": [user]}
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=[rule], stall_after=1.0)
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notifications=[rule], stall_after=1.0)
 
     def sample(**depths: float) -> None:
         for queue, depth in depths.items():
@@ -261,7 +260,7 @@ async def test_queue_depth_alert_from_the_gateways_own_sampler(tracker_env, trac
     rule_id, user = uid("sampled"), uid("ops")
     queue = f"{prefix}-q"
     rule = {"id": rule_id, "on": "queue_depth>20", "queues": [queue], "users": [user]}
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=[rule], stall_after=1.0,
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notifications=[rule], stall_after=1.0,
                   queue_sample_interval=0.3)
     for i in range(25):
         add.apply_async((i, 1), queue=queue)  # nobody consumes this queue yet
@@ -299,7 +298,7 @@ async def test_no_workers_fires_only_once_no_worker_was_online_for_the_window(
     prefix = f"ta-{uuid.uuid4().hex[:8]}"
     rule_id, alice, bob = uid("workers"), uid("alice"), uid("bob")
     rule = {"id": rule_id, "on": ["no_workers"], "window": 2, "users": [alice, bob], "priority": "urgent"}
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=[rule], worker_lost_after=3.0,
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notifications=[rule], worker_lost_after=3.0,
                   stall_after=1.0)
     async with serve(cfg) as app:
         evaluator = app[ALERTS]

@@ -174,11 +174,13 @@ async def test_a_socket_that_does_not_authenticate_is_closed_after_5_s(feed_gate
 
 
 # -- limits ----------------------------------------------------------------------------------------------
-def test_feed_limits_are_read_from_the_environment():
+def test_feed_limits_are_read_from_the_environment(monkeypatch):
     assert FeedSettings().subscribe_rate == 20 and FeedSettings().max_connections_per_user == 50
     assert FeedSettings().max_replay == 10_000 and FeedSettings().auth_timeout == 5
-    s = FeedSettings.from_env({"TRACKER_FEED_SUBSCRIBE_RATE": "5", "TRACKER_FEED_MAX_CONNECTIONS_PER_USER": "7",
-                               "TRACKER_FEED_MAX_REPLAY": "100", "TRACKER_FEED_AUTH_TIMEOUT": "2.5"})
+    for name, value in {"TRACKER_FEED_SUBSCRIBE_RATE": "5", "TRACKER_FEED_MAX_CONNECTIONS_PER_USER": "7",
+                        "TRACKER_FEED_MAX_REPLAY": "100", "TRACKER_FEED_AUTH_TIMEOUT": "2.5"}.items():
+        monkeypatch.setenv(name, value)
+    s = FeedSettings.from_env()
     assert (s.subscribe_rate, s.max_connections_per_user, s.max_replay, s.auth_timeout) == (5, 7, 100, 2.5)
 
 

@@ -147,7 +147,7 @@ def new_prefix() -> str:
 
 def own_config() -> TrackerConfig:
     """The suite's settings on a prefix of the test's own (see :func:`new_prefix`)."""
-    return replace(TrackerConfig.from_env(), prefix=new_prefix())
+    return TrackerConfig.from_env().replace(prefix=new_prefix())
 
 
 @asynccontextmanager
@@ -306,14 +306,14 @@ def test_rule_channels_must_be_configured(tracker_env):
                           ({"on": "failed", "channels": ["slack"]}, "needs tracker_slack_webhook_url"),
                           ({"on": "failed", "channels": ["webhook"]}, "needs tracker_webhook_url")]:
         with pytest.raises(ValueError, match=message):
-            create_app(replace(cfg, notifications=[rule]))
+            create_app(cfg.replace(notifications=[rule]))
     with pytest.raises(ValueError, match="needs tracker_webhook_secret"):
-        create_app(replace(cfg, notifications=[{"on": "failed", "channels": ["webhook"]}],
+        create_app(cfg.replace(notifications=[{"on": "failed", "channels": ["webhook"]}],
                            webhook_url="http://127.0.0.1:9/x", webhook_secret=None))
     with pytest.raises(ValueError, match="'sender' must be an e-mail address"):
-        create_app(replace(cfg, email={"host": "127.0.0.1"}))
+        create_app(cfg.replace(email={"host": "127.0.0.1"}))
     with pytest.raises(ValueError, match="unknown key"):
-        create_app(replace(cfg, email={"host": "h", "sender": "a@b", "tls": True}))
+        create_app(cfg.replace(email={"host": "h", "sender": "a@b", "tls": True}))
 
 
 # -- retries, backoff and isolation between channels ---------------------------------------------------------
@@ -321,7 +321,7 @@ async def test_a_down_channel_is_retried_with_backoff_while_others_deliver(track
     prefix = new_prefix()
     hook = receivers(fail_first=2)           # down: two HTTP 500s, then fine
     slow_slack = receivers(delay=30.0)        # slow: never answers within the timeout
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, email=smtp.settings(), webhook_url=hook.url,
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, email=smtp.settings(), webhook_url=hook.url,
                   webhook_secret=SECRET, slack_webhook_url=slow_slack.url, notify_retry_base=0.3,
                   notify_max_attempts=3, notify_timeout=1.0)
     user = uid("retry")
@@ -414,7 +414,7 @@ async def test_a_burst_becomes_a_digest_and_users_are_rate_limited(tracker_env, 
     hook = receivers()
     rules = [{"id": "burst", "on": ["failed"], "channels": ["websocket", "webhook"],
               "digest": {"window": 2, "threshold": 2}}]
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=rules, webhook_url=hook.url,
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notifications=rules, webhook_url=hook.url,
                   webhook_secret=SECRET, notify_rate_limit=3, notify_digest_window=2,
                   notify_rate_window=2)
     burst_user, busy_user = uid("burst"), uid("busy")
@@ -463,7 +463,7 @@ async def test_a_burst_becomes_a_digest_and_users_are_rate_limited(tracker_env, 
 async def test_redelivered_events_are_stored_once_and_progress_thresholds_fire_once(tracker_env, rdb, sql):
     prefix = new_prefix()
     rules = [{"id": "r", "on": ["failed", "progress>=50"], "channels": ["websocket"]}]
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=rules)
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notifications=rules)
     user = uid("u")
     async with serve(cfg) as app:
         notifier = app[NOTIFIER]
@@ -484,7 +484,7 @@ async def test_events_of_a_dead_gateway_are_taken_over(tracker_env, rdb):
     prefix = new_prefix()
     stream, group = f"{prefix}:events", f"{prefix}:notifier"
     rules = [{"id": "r", "on": ["failed"], "channels": ["websocket"]}]
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=rules)
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notifications=rules)
     user = uid("u")
     rdb.xgroup_create(stream, group, id="$", mkstream=True)
     for i in range(2):

@@ -54,7 +54,7 @@ async def test_a_user_token_reaches_no_operator_channel(tracker_env, smtp, recei
     rules = [{"id": RULE, "on": ["failed"], "channels": ["websocket", "email", "slack", "webhook"],
               "email_to": ["oncall@example.com"], "slack_webhook_url": rule_slack.url, "webhook_url": rule_hook.url,
               "digest": False}]
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notifications=rules, webhook_secret=SECRET,
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notifications=rules, webhook_secret=SECRET,
                   email={**smtp.settings(), "recipients": {user: ["user@example.com"], "*": ["ops@example.com"]}},
                   slack_webhook_url=global_slack.url, webhook_url=global_hook.url, notify_rate_limit=100)
     t = Tracker(config=cfg)
@@ -133,7 +133,7 @@ async def test_a_user_token_reaches_no_operator_channel(tracker_env, smtp, recei
 async def test_bursts_get_429_across_gateways(tracker_env, rdb):
     prefix = new_prefix()
     window = 60.0
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notify_rate_limit=4, notify_rate_window=window)
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notify_rate_limit=4, notify_rate_window=window)
     # The counters are per fixed window: start well inside one.
     left = window - time.time() % window
     if left < 10:
@@ -194,7 +194,7 @@ async def test_action_url_must_be_http(gateway, url, status):
 async def test_slack_text_and_links_arrive_escaped(tracker_env, receivers, rdb):
     prefix = new_prefix()
     slack = receivers()
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, slack_webhook_url=slack.url,
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, slack_webhook_url=slack.url,
                   public_url="https://tracker.example",
                   notifications=[{"id": "to-slack", "on": ["failed"], "channels": ["slack"], "digest": False}])
     user, task_id = uid("slack"), "t|<https://evil|x>"
@@ -231,7 +231,7 @@ async def test_email_subjects_are_single_line_and_bad_messages_fail_once(tracker
     sink.controller.start()
     prefix = new_prefix()
     user, broken = uid("mail"), uid("broken")
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix, notify_retry_base=0.1, notify_max_attempts=5,
+    cfg = TrackerConfig.from_env().replace(prefix=prefix, notify_retry_base=0.1, notify_max_attempts=5,
                   email={**sink.settings(), "recipients": {
                       user: ["user@example.com"],
                       # An address the e-mail library refuses to put in a header (it would inject one).

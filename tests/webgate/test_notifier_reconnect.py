@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import replace
 
 import redis as redis_lib
 
@@ -20,7 +19,7 @@ async def test_the_consume_loop_recreates_a_deleted_group_and_goes_on(tracker_en
                                                                      rdb: redis_lib.Redis) -> None:
     prefix = new_prefix()
     stream, group = f"{prefix}:events", f"{prefix}:notifier"
-    cfg = replace(TrackerConfig.from_env(), prefix=prefix,
+    cfg = TrackerConfig.from_env().replace(prefix=prefix,
                   notifications=[{"id": "r", "on": ["failed"], "channels": ["websocket"]}])
     user = f"reconnect-{uuid.uuid4().hex[:6]}"
     t = Tracker(config=cfg)

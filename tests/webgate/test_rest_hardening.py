@@ -7,7 +7,6 @@ import csv
 import io
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -28,7 +27,7 @@ async def gateway_with(tracker_env: dict[str, str]) -> AsyncIterator[Any]:
     started: list[FeedGateway] = []
 
     async def make(**changes: Any) -> FeedGateway:
-        gw = FeedGateway(replace(TrackerConfig.from_env(), **changes))
+        gw = FeedGateway(TrackerConfig.from_env().replace(**changes))
         started.append(gw)
         return await gw.start()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -99,7 +98,7 @@ async def test_workers_online_active_then_sigterm_and_sigkill(gateway: Any, trac
         w2.kill()
         r = await api.admin("GET", f"/workers/{w2.name}")
         assert r.body["status"] == "online" and r.body["stopped_at"] is None
-    short = Tracker(config=replace(config, worker_lost_after=1.5))
+    short = Tracker(config=config.replace(worker_lost_after=1.5))
     try:
         lost = wait_for(lambda: (w := short.worker(w2.name)) is not None and w.status == "offline" and w,
                         timeout=15, what="SIGKILLed worker offline after the lost window")

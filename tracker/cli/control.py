@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any, Protocol
 
 import click
@@ -103,7 +102,7 @@ def sweep(ctx: click.Context, lost_after: float | None, stall_after: float | Non
             if not value > 0:
                 raise click.BadParameter(f"must be positive, got {value}", param_hint=name.replace("_", "-"))
             overrides[name] = value
-    config = replace(config, **overrides)
+    config = config.replace(**overrides)
     reporter = health.cli_reporter(config)
     with tracker_from_ctx(ctx) as t:
         t.config = config

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from tracker.cli.plugins import PluginGroup
-from tracker.config import TrackerConfig
+from tracker.config import ConfigError, TrackerConfig
 
 __all__ = ["main", "config_from_ctx", "tracker_from_ctx", "celery_app_from_ctx"]
 
@@ -51,15 +51,18 @@ def celery_app_from_ctx(ctx: click.Context) -> Any:
 
 
 def config_from_ctx(ctx: click.Context) -> TrackerConfig:
+    """The settings of the ``--app`` Celery app, else of the environment; a bad one is a usage error."""
     app = celery_app_from_ctx(ctx)
-    return TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env()
+    try:
+        return TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def tracker_from_ctx(ctx: click.Context) -> Any:
     from tracker.api import Tracker
 
-    app = celery_app_from_ctx(ctx)
-    return Tracker(app=app) if app is not None else Tracker(config=TrackerConfig.from_env())
+    return Tracker(config=config_from_ctx(ctx), app=celery_app_from_ctx(ctx))
 
 
 @click.group(name="tracker", cls=PluginGroup)

@@ -1,6 +1,6 @@
 """The live feed: ``GET /api/v1/progress/ws`` and the JavaScript client.
 
-Client to server (JSON text frames)::
+Client to server (JSON text frames, the models of :mod:`webgate.feed.client_frames`)::
 
     {"op": "auth", "token": "<jwt>"}                                 -> {"type": "ack", "op": "auth", "user_id", "exp"}
     {"op": "subscribe", "topic": "task:<id>" | "user:<id>" | "group:<id>" | "all", "since": "<event id>"?}
@@ -21,7 +21,7 @@ its token reaches ``exp``; ``op: auth`` with a new token of the same user (and a
 that point, a token of anyone else gets an ``error`` and close 4003, a bad one an ``error`` (the
 old token stays in force).
 
-Limits (:class:`webgate.feed.hub.FeedSettings`, env ``TRACKER_FEED_*``): ``subscribe_rate`` subscribes
+Limits (:class:`webgate.feed.settings.FeedSettings`, env ``TRACKER_FEED_*``): ``subscribe_rate`` subscribes
 per second per connection (beyond: ``error`` code ``rate_limited``), ``max_connections_per_user``
 open sockets per user in this process (beyond: HTTP 429 at the upgrade, close 4029 after a
 first-frame auth), and ``max_replay``: a resume from further back answers ``recovered`` with
@@ -35,29 +35,31 @@ topics and their tasks need an admin token.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from tracker import control, queries
 from tracker.api import task_record
 from tracker.status import TERMINAL, Status
+from tracker.vocabulary import CloseCode
 from webgate.core.auth import AuthError, Principal, authenticate, decode_token, token_from_request
 from webgate.core.db import fetch_all, fetch_one
 from webgate.core.errors import json_error
 from webgate.core.keys import CELERY_APP, CONFIG, REDIS, REPORTER
-from webgate.feed import frames
-from webgate.feed.hub import Conn, FeedSettings, Hub, Item, id_key
+from webgate.feed import client_frames, frames
+from webgate.feed.client_frames import Refused
+from webgate.feed.hub import Conn, Hub, Item, id_key
 from webgate.feed.replay_bound import ReplayBound
+from webgate.feed.settings import FeedSettings
 from webgate.feed.stream import StreamReader, is_complete, replay
+from webgate.feed.wire import FrameWriter
 
 __all__ = ["setup", "HUB", "FEED_SETTINGS", "STREAM_READER", "REPLAY_BOUND", "WS_PATH", "CLIENT_JS_PATH"]
 
@@ -73,25 +75,8 @@ HUB = web.AppKey("tracker_feed_hub", Hub)
 STREAM_READER = web.AppKey("tracker_feed_reader", StreamReader)
 REPLAY_BOUND = web.AppKey("tracker_feed_replay_bound", ReplayBound)
 
-_ID_RE = re.compile(r"\d{1,20}(-\d{1,20})?")
-_MAX_IDENT = 255
-#: Longest token accepted in an ``auth`` frame (real ones are a few hundred characters).
-_MAX_TOKEN = 4096
-_CONTROL_OPS = frozenset(control.ACTIONS)
 _UNFINISHED = [s.value for s in Status if s not in TERMINAL]
 _UNAVAILABLE = (SQLAlchemyError, RedisError, OSError, TimeoutError)
-
-
-class Refused(Exception):
-    """A message the server will not act on: becomes an ``error`` frame."""
-
-    def __init__(self, code: str, message: str, **context: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.context = context
-
-    def frame(self) -> bytes:
-        return frames.error(self.code, str(self), **self.context)
 
 
 # -- the WebSocket endpoint ----------------------------------------------------------------------------
@@ -109,25 +94,24 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     # Without a token the upgrade is accepted; the first frame must be {"op": "auth"} (keeps tokens out of URLs).
     claimed = principal.user_id if principal is not None else None
     try:
-        # No compression: the hub writes pre-encoded frames straight to the transport.
+        # No compression: the hub writes pre-encoded frames straight to the transport (webgate.feed.wire).
         ws = web.WebSocketResponse(heartbeat=settings.heartbeat, max_msg_size=settings.max_msg_size,
                                    compress=False, timeout=settings.close_grace)
         await ws.prepare(request)
-        transport = request.transport
-        if transport is None:
+        if request.transport is None:
             return ws
+        writer = FrameWriter(ws, request.transport)
         if principal is None:
-            principal = await _first_auth(app, ws, transport)  # type: ignore[arg-type]
+            principal = await _first_auth(app, ws, writer)
             if principal is None:
                 return ws
             if not hub.claim(principal.user_id):
-                transport.write(frames.error("too_many_connections", _too_many(settings), op="auth"))
-                await ws.close(code=frames.CLOSE_TOO_MANY_CONNECTIONS, message=b"too many connections")
+                writer.write(frames.error("too_many_connections", _too_many(settings), op="auth"))
+                await writer.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
                 return ws
             claimed = principal.user_id
-            transport.write(_auth_ack(principal))
-        conn = hub.connect(ws, transport, principal.user_id, principal.admin,  # type: ignore[arg-type]
-                           exp=principal.exp)
+            writer.write(_auth_ack(principal))
+        conn = hub.connect(ws, writer, principal.user_id, principal.admin, exp=principal.exp)
         try:
             async for msg in ws:
                 if conn.closed:
@@ -153,28 +137,18 @@ def _auth_ack(principal: Principal) -> bytes:
     return frames.ack("auth", user_id=principal.user_id, exp=principal.exp)
 
 
-def _auth_token(msg: dict[str, Any]) -> str:
-    token = msg.get("token")
-    if not isinstance(token, str) or not token:
-        raise Refused("bad_request", "'token' must be a non-empty string (a JWT)", op="auth")
-    if len(token) > _MAX_TOKEN:
-        raise Refused("bad_request", f"'token' is longer than {_MAX_TOKEN} characters", op="auth")
-    return token
-
-
 def _decode(app: web.Application, token: str) -> Principal:
     config = app[CONFIG]
     try:
         principal = decode_token(config.secret, token, max_ttl=config.token_max_ttl)
     except AuthError as exc:
-        raise Refused("unauthorized", str(exc), op="auth") from None
+        raise Refused("unauthorized", str(exc), op="auth", of="auth") from None
     if principal.exp is not None and principal.exp <= time.time():
-        raise Refused("unauthorized", "token expired", op="auth")
+        raise Refused("unauthorized", "token expired", op="auth", of="auth")
     return principal
 
 
-async def _first_auth(app: web.Application, ws: web.WebSocketResponse,
-                      transport: asyncio.Transport) -> Principal | None:
+async def _first_auth(app: web.Application, ws: web.WebSocketResponse, writer: FrameWriter) -> Principal | None:
     """Wait up to ``auth_timeout`` for ``{"op": "auth", "token": ...}``; serve nothing else meanwhile.
 
     Other frames get an ``error`` (code ``unauthorized``) and the wait goes on; a bad token gets an
@@ -195,42 +169,36 @@ async def _first_auth(app: web.Application, ws: web.WebSocketResponse,
                 break
             if msg.type is not WSMsgType.TEXT:
                 if msg.type is WSMsgType.BINARY:
-                    transport.write(frames.error("bad_request", "binary frames are not accepted: send JSON text"))
+                    writer.write(frames.error("bad_request", "binary frames are not accepted: send JSON text"))
                     continue
                 return None  # closed, closing or failed (e.g. 1009 for an oversized frame)
             try:
-                op = _op(msg.data)
-                if op[0] != "auth":
-                    raise Refused("unauthorized", 'authenticate first: send {"op": "auth", "token": "<jwt>"}',
-                                  op=op[0][:40])
-                try:
-                    return _decode(app, _auth_token(op[1]))
-                except Refused as exc:
-                    transport.write(exc.frame())
-                    await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"unauthorized")
-                    return None
+                frame = client_frames.parse(msg.data)
+                if not isinstance(frame, client_frames.Auth):
+                    writer.write(_unauthorized(frame.op))
+                    continue
+                return _decode(app, frame.token)
             except Refused as exc:
-                transport.write(exc.frame())
-        transport.write(frames.error("unauthorized", "no auth frame within "
-                                     f"{app[FEED_SETTINGS].auth_timeout:g} s", op="auth"))
-        await ws.close(code=frames.CLOSE_TOKEN_EXPIRED, message=b"authentication timeout")
+                if exc.of is None:  # not a frame with an op at all: said so, and the wait goes on
+                    writer.write(exc.frame())
+                    continue
+                if exc.of != "auth":
+                    writer.write(_unauthorized(exc.of))
+                    continue
+                # A malformed auth frame or a bad token: said so, and closed.
+                writer.write(exc.frame())
+                await writer.close(CloseCode.TOKEN_EXPIRED, "unauthorized")
+                return None
+        writer.write(frames.error("unauthorized", f"no auth frame within {app[FEED_SETTINGS].auth_timeout:g} s",
+                                  op="auth"))
+        await writer.close(CloseCode.TOKEN_EXPIRED, "authentication timeout")
         return None
     finally:
         hub.unauthenticated.discard(ws)
 
 
-def _op(raw: str) -> tuple[str, dict[str, Any]]:
-    """The message's ``op`` and the message; :class:`Refused` when it is not a JSON object with a string op."""
-    try:
-        msg = json.loads(raw)
-    except ValueError:
-        raise Refused("bad_json", "message is not valid JSON") from None
-    if not isinstance(msg, dict):
-        raise Refused("bad_request", "a message must be a JSON object with an 'op'")
-    op = msg.get("op")
-    if not isinstance(op, str):
-        raise Refused("bad_request", "'op' must be a string")
-    return op, msg
+def _unauthorized(op: str) -> bytes:
+    return Refused("unauthorized", 'authenticate first: send {"op": "auth", "token": "<jwt>"}', op=op[:40]).frame()
 
 
 async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
@@ -238,28 +206,27 @@ async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
         return
     if hub.expired(conn):
         # The timer is due but has not run yet (a busy loop): an expired token gets nothing served.
-        hub.close(conn, frames.CLOSE_TOKEN_EXPIRED, "token expired")
+        hub.close(conn, CloseCode.TOKEN_EXPIRED, "token expired")
         return
     try:
-        op, msg = _op(raw)
-        if op == "ping":
+        try:
+            frame = client_frames.parse(raw)
+        except Refused as exc:
+            # A malformed subscribe spends its token like any other (a flood of bad ones is limited too).
+            if exc.of == "subscribe":
+                _take_subscribe(hub, conn, exc.context.get("topic"))
+            raise
+        if isinstance(frame, client_frames.Ping):
             hub.send(conn, frames.pong())
-        elif op == "subscribe":
-            if not hub.take_subscribe(conn):
-                raise Refused("rate_limited", f"at most {hub.settings.subscribe_rate:g} subscribes per second "
-                              "per connection", topic=msg.get("topic") if isinstance(msg.get("topic"), str)
-                              and len(msg["topic"]) <= 80 else None)
-            await _subscribe(app, hub, conn, msg)
-        elif op == "unsubscribe":
-            topic = _topic(msg)
-            hub.unsubscribe(conn, topic)
-        elif op == "auth":
-            _refresh(app, hub, conn, msg)
-        elif op in _CONTROL_OPS:
-            await _control(app, hub, conn, op, msg)
+        elif isinstance(frame, client_frames.Subscribe):
+            _take_subscribe(hub, conn, frame.topic)
+            await _subscribe(app, hub, conn, frame)
+        elif isinstance(frame, client_frames.Unsubscribe):
+            hub.unsubscribe(conn, frame.topic)
+        elif isinstance(frame, client_frames.Auth):
+            _refresh(app, hub, conn, frame)
         else:
-            raise Refused("unknown_op", f"unknown op {op[:40]!r}; expected subscribe, unsubscribe, ping, auth, "
-                          "pause, resume or cancel", op=op[:40])
+            await _control(app, hub, conn, frame)
     except Refused as exc:
         hub.send(conn, exc.frame())
     except _UNAVAILABLE as exc:
@@ -267,37 +234,27 @@ async def _handle(app: web.Application, hub: Hub, conn: Conn, raw: str) -> None:
         hub.send(conn, frames.error("unavailable", "the store is unavailable; try again"))
 
 
-def _refresh(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, Any]) -> None:
+def _take_subscribe(hub: Hub, conn: Conn, topic: str | None) -> None:
+    if not hub.take_subscribe(conn):
+        raise Refused("rate_limited", f"at most {hub.settings.subscribe_rate:g} subscribes per second per connection",
+                      topic=topic if topic is not None and len(topic) <= 80 else None)
+
+
+def _refresh(app: web.Application, hub: Hub, conn: Conn, frame: client_frames.Auth) -> None:
     """``op: auth`` on an open connection: a new token for the same user moves the expiry."""
-    principal = _decode(app, _auth_token(msg))  # a bad token: an error, the connection goes on with the old one
+    principal = _decode(app, frame.token)  # a bad token: an error, the connection goes on with the old one
     if principal.user_id != conn.user_id or principal.admin != conn.admin:
         # Another identity cannot take over a socket (nor change its admin rights): refuse and close.
         hub.send(conn, frames.error("forbidden", "the new token is for another user: reconnect with it", op="auth"))
-        hub.close(conn, frames.CLOSE_FORBIDDEN, "token for another user")
+        hub.close(conn, CloseCode.FORBIDDEN, "token for another user")
         return
     hub.set_expiry(conn, principal.exp)
     hub.send(conn, _auth_ack(principal))
 
 
-def _topic(msg: dict[str, Any]) -> str:
-    topic = msg.get("topic")
-    if not isinstance(topic, str):
-        raise Refused("bad_topic", "'topic' must be a string: task:<id>, user:<id>, group:<id> or all")
-    if topic == "all":
-        return topic
-    kind, sep, ident = topic.partition(":")
-    if not sep or kind not in ("task", "user", "group") or not ident or len(ident) > _MAX_IDENT:
-        raise Refused("bad_topic", f"unknown topic {topic[:80]!r}: use task:<id>, user:<id>, group:<id> or all",
-                      topic=topic[:80])
-    return topic
-
-
 # -- subscribe ---------------------------------------------------------------------------------------------
-async def _subscribe(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, Any]) -> None:
-    topic = _topic(msg)
-    since = msg.get("since")
-    if since is not None and (not isinstance(since, str) or not _ID_RE.fullmatch(since)):
-        raise Refused("bad_request", "'since' must be a stream id such as '1700000000000-0'", topic=topic)
+async def _subscribe(app: web.Application, hub: Hub, conn: Conn, frame: client_frames.Subscribe) -> None:
+    topic, since = frame.topic, frame.since
     if topic not in conn.topics and len(conn.topics) >= hub.settings.max_topics:
         raise Refused("too_many_topics", f"at most {hub.settings.max_topics} topics per connection", topic=topic)
     await _authorize(app, hub, conn, topic)
@@ -320,13 +277,13 @@ async def _subscribe(app: web.Application, hub: Hub, conn: Conn, msg: dict[str, 
                 # Replayed events are exact (never coalesced): wait for the client to take the previous
                 # chunk; one that cannot in time is closed like any slow client.
                 if hub.behind(conn) and not await hub.drained(conn, hub.settings.close_grace):
-                    hub.close(conn, 1013, "too slow: reconnect and resume with since")
+                    hub.close(conn, WSCloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
                     return
                 if conn.closed:
                     return
                 hub.deliver(conn, items, coalesce=False)
             if hub.behind(conn) and not await hub.drained(conn, hub.settings.close_grace):
-                hub.close(conn, 1013, "too slow: reconnect and resume with since")
+                hub.close(conn, WSCloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
                 return
             if id_key(since) > id_key(upto) and conn.topics == {topic}:
                 # The client saw events this gateway has not read yet: do not send them twice. (The floor is
@@ -418,10 +375,8 @@ async def _snapshot(app: web.Application, conn: Conn, topic: str) -> list[dict[s
 
 
 # -- control ----------------------------------------------------------------------------------------------
-async def _control(app: web.Application, hub: Hub, conn: Conn, op: str, msg: dict[str, Any]) -> None:
-    task_id = msg.get("task_id")
-    if not isinstance(task_id, str) or not task_id or len(task_id) > _MAX_IDENT:
-        raise Refused("bad_request", "'task_id' must be a non-empty string", op=op)
+async def _control(app: web.Application, hub: Hub, conn: Conn, frame: client_frames.Control) -> None:
+    op, task_id = frame.op, frame.task_id
     row = await fetch_one(app, queries.task_by_id(task_id))
     if row is None and task_id in hub.recent:
         # Known from the stream but not stored yet: its row is in a write batch.
@@ -470,12 +425,13 @@ async def _feed_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _on_shutdown(app: web.Application) -> None:
     hub = app.get(HUB)
     if hub is not None:
-        await hub.shutdown(1001, timeout=min(5.0, hub.settings.close_grace))
+        await hub.shutdown(WSCloseCode.GOING_AWAY, timeout=min(5.0, hub.settings.close_grace))
 
 
 def setup(app: web.Application) -> None:
     if FEED_SETTINGS not in app:
-        app[FEED_SETTINGS] = FeedSettings.from_env()
+        celery_app = app.get(CELERY_APP)
+        app[FEED_SETTINGS] = FeedSettings.from_celery(celery_app) if celery_app is not None else FeedSettings.from_env()
     app.router.add_get(WS_PATH, ws_handler)
     app.router.add_get(CLIENT_JS_PATH, client_js)
     app.cleanup_ctx.append(_feed_ctx)

@@ -3,7 +3,12 @@
 An event fanned out to a thousand sockets is serialised once: :func:`text_frame` turns the
 JSON into a complete (unmasked, uncompressed) RFC 6455 text frame, and the hub writes the
 same bytes to every subscriber, joining all frames of one stream read into one
-``transport.write`` per socket.
+``transport.write`` per socket (:mod:`webgate.feed.wire` states when that is
+correct). Close codes are the vocabulary's (:class:`tracker.vocabulary.CloseCode`).
+
+These stay hand-encoded JSON rather than models: the server produces them (nothing to
+validate), and an event frame is encoded once per event for all its subscribers with the
+same ``dumps`` the stream uses.
 """
 
 from __future__ import annotations
@@ -12,15 +17,8 @@ import struct
 from typing import Any
 
 from tracker.events import dumps
-from tracker.vocabulary import CloseCode
 
-__all__ = ["text_frame", "encode", "error", "pong", "snapshot", "recovered", "ack", "CLOSE_TOKEN_EXPIRED",
-           "CLOSE_FORBIDDEN", "CLOSE_TOO_MANY_CONNECTIONS"]
-
-# Close codes of the feed (4000-4999 are the application's, RFC 6455 7.4.2): the vocabulary's.
-CLOSE_TOKEN_EXPIRED = CloseCode.TOKEN_EXPIRED
-CLOSE_FORBIDDEN = CloseCode.FORBIDDEN
-CLOSE_TOO_MANY_CONNECTIONS = CloseCode.TOO_MANY_CONNECTIONS
+__all__ = ["text_frame", "encode", "error", "pong", "snapshot", "recovered", "ack"]
 
 _LEN1 = struct.Struct("!BB").pack
 _LEN2 = struct.Struct("!BBH").pack

@@ -3,8 +3,9 @@
 One :class:`Hub` per gateway holds every connection and the topics it subscribed to. The
 stream reader hands it each batch of events read from Redis; the hub serialises every event
 once, appends the same bytes to the pending list of every subscriber, and then writes each
-socket's frames of the batch with a single ``transport.write``. There is no queue or writer
-task per connection: the transport's own buffer is the queue while a client keeps up.
+socket's frames of the batch with a single ``transport.write`` (through the socket's
+:class:`webgate.feed.wire.FrameWriter`, which states when that is allowed). There is no queue or
+writer task per connection: the transport's own buffer is the queue while a client keeps up.
 
 A client that does not keep up (its transport buffer is above ``high_water``) gets its frames
 held in a small ordered dict where progress is coalesced to the latest per task; a sweeper
@@ -23,19 +24,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import socket
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Iterable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from tracker.events import Event
 from tracker.vocabulary import CloseCode
 from webgate.feed import frames
+from webgate.feed.settings import FeedSettings
+from webgate.feed.wire import FrameWriter, close_code
 
 __all__ = ["FeedSettings", "Conn", "Hub", "Item", "id_key", "TOPIC_KINDS"]
 
@@ -49,78 +49,15 @@ _STARTS = frozenset({"task.pending", "task.started"})
 _unique = itertools.count()
 
 
-@dataclass(frozen=True)
-class FeedSettings:
-    """Tuning of the feed (defaults suit production; tests shrink some)."""
-
-    #: Frames held for a client that is not keeping up before it is closed with 1013.
-    max_queue: int = 1000
-    #: Live events kept for a client while its subscribe replays from ``since`` (they are shared
-    #: with every other subscriber: a few bytes each); past this the client is closed with 1013.
-    max_replay_backlog: int = 50_000
-    #: Bytes in a socket's transport buffer above which frames are held (and progress coalesced).
-    high_water: int = 256 * 1024
-    #: Held frames are written again once the transport buffer is below this.
-    low_water: int = 64 * 1024
-    #: aiohttp ping interval (seconds); a client missing a pong for half of it is dropped.
-    heartbeat: float = 30.0
-    #: Largest client message; a bigger one closes the socket with 1009.
-    max_msg_size: int = 64 * 1024
-    max_topics: int = 256
-    #: Tasks in a ``user:``/``all`` snapshot (active ones first), and in a ``group:`` one.
-    snapshot_limit: int = 100
-    group_snapshot_limit: int = 500
-    #: Seconds a closed socket gets to read its close frame before the connection is aborted.
-    close_grace: float = 10.0
-    #: XREAD BLOCK milliseconds and COUNT.
-    block_ms: int = 1000
-    read_count: int = 1000
-    #: Seconds the reader waits after a short read while no socket subscribes to anything, so the
-    #: next XREAD takes a batch: per-XREAD work was most of an idle gateway's CPU. A subscribe ends
-    #: the wait at once; with subscribers the reader never waits (0 turns this off).
-    idle_read_gap: float = 0.05
-    #: Recently started tasks remembered (owner, group) for authorisation and group routing.
-    known_tasks: int = 50_000
-    #: SO_SNDBUF of each WebSocket (0: the kernel's autotuning, up to several MiB per socket). A cap
-    #: bounds kernel memory per connection and lets backpressure show at the bound above.
-    send_buffer: int = 256 * 1024
-    #: Subscribes per second per connection (a token bucket with as many in reserve); beyond it an
-    #: ``error`` frame with code ``rate_limited``. 0 disables the limit.
-    subscribe_rate: float = 20.0
-    #: Open sockets per user (``sub``) on this gateway process; beyond it the upgrade gets 429. 0: no limit.
-    max_connections_per_user: int = 50
-    #: A resume from further back than this many stream entries answers ``recovered`` with
-    #: ``complete: false`` and a snapshot instead of replaying. 0: no bound.
-    max_replay: int = 10_000
-    #: Seconds a socket opened without a token has to send ``{"op": "auth", ...}`` before it is closed (4001).
-    auth_timeout: float = 5.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> FeedSettings:
-        """Defaults overridden by ``TRACKER_FEED_<FIELD>`` variables (e.g. ``TRACKER_FEED_MAX_QUEUE``)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get("TRACKER_FEED_" + f.name.upper())
-            if raw is None or raw == "":
-                continue
-            kind = type(getattr(cls, f.name))
-            try:
-                values[f.name] = kind(raw)
-            except ValueError:
-                raise ValueError(f"TRACKER_FEED_{f.name.upper()} must be a {kind.__name__}, got {raw!r}") from None
-        return cls(**values)
-
-
 def id_key(entry_id: str) -> tuple[int, int]:
     """A stream id as a comparable pair; raises ValueError for anything else."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
 
 
-async def _close_ws(ws: web.WebSocketResponse, code: int, message: str) -> None:
+async def _close_ws(ws: web.WebSocketResponse, code: WSCloseCode | CloseCode, message: str) -> None:
     try:
-        await ws.close(code=code, message=message.encode())
+        await ws.close(code=close_code(code), message=message.encode())
     except Exception:  # the peer may already be gone
         pass
 
@@ -128,12 +65,13 @@ async def _close_ws(ws: web.WebSocketResponse, code: int, message: str) -> None:
 class Conn:
     """One WebSocket client: kept small, there may be tens of thousands."""
 
-    __slots__ = ("ws", "transport", "user_id", "admin", "topics", "pending", "held", "loading", "mark", "floor",
+    __slots__ = ("ws", "writer", "user_id", "admin", "topics", "pending", "held", "loading", "mark", "floor",
                  "closed", "exp", "expiry", "allowance", "allowance_at")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str, admin: bool) -> None:
+    def __init__(self, ws: web.WebSocketResponse, writer: FrameWriter, user_id: str, admin: bool) -> None:
         self.ws = ws
-        self.transport = transport
+        #: Every frame to this client goes through it (:mod:`webgate.feed.wire`).
+        self.writer = writer
         self.user_id = user_id
         self.admin = admin
         #: Expiry (epoch seconds) of the token the connection runs on, and the timer that closes it then (4001).
@@ -211,16 +149,10 @@ class Hub:
         else:
             self.per_user.pop(user_id, None)
 
-    def connect(self, ws: web.WebSocketResponse, transport: asyncio.Transport, user_id: str, admin: bool, *,
+    def connect(self, ws: web.WebSocketResponse, writer: FrameWriter, user_id: str, admin: bool, *,
                 exp: float | None = None) -> Conn:
-        if self.settings.send_buffer > 0:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.settings.send_buffer)
-                except OSError:
-                    pass
-        conn = Conn(ws, transport, user_id, admin)
+        writer.set_send_buffer(self.settings.send_buffer)
+        conn = Conn(ws, writer, user_id, admin)
         conn.allowance = self.settings.subscribe_rate
         conn.allowance_at = time.monotonic()
         self.conns.add(conn)
@@ -246,7 +178,7 @@ class Hub:
     def _expire(self, conn: Conn) -> None:
         conn.expiry = None
         if not conn.closed:
-            self.close(conn, frames.CLOSE_TOKEN_EXPIRED, "token expired")
+            self.close(conn, CloseCode.TOKEN_EXPIRED, "token expired")
 
     def take_subscribe(self, conn: Conn) -> bool:
         """Spend one subscribe of the connection's allowance (a token bucket refilled at ``subscribe_rate``)."""
@@ -410,7 +342,7 @@ class Hub:
             if conn.loading is not None:
                 conn.loading.extend(items)
                 if len(conn.loading) > self.settings.max_replay_backlog:
-                    self.close(conn, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
+                    self.close(conn, WSCloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
             else:
                 self.deliver(conn, items)
 
@@ -423,15 +355,15 @@ class Hub:
         """Write ``items`` now, or hold them while the client is behind."""
         if conn.closed or not items:
             return
-        transport = conn.transport
-        if transport.is_closing():
+        writer = conn.writer
+        if writer.is_closing():
             conn.closed = True
             return
-        if conn.held is not None or transport.get_write_buffer_size() > self.settings.high_water:
+        if conn.held is not None or writer.buffered() > self.settings.high_water:
             self._hold(conn, items, coalesce)
             return
         data = items[0][1] if len(items) == 1 else b"".join([frame for _, frame in items])
-        transport.write(data)
+        writer.write(data)
         self.messages += len(items)
         self.writes += 1
 
@@ -447,7 +379,7 @@ class Hub:
             else:
                 held[next(_unique)] = frame
         if len(held) > self.settings.max_queue:
-            self.close(conn, CloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
+            self.close(conn, WSCloseCode.TRY_AGAIN_LATER, "too slow: reconnect and resume with since")
             return
         if conn not in self.backlogged:
             self.backlogged.add(conn)
@@ -463,17 +395,17 @@ class Hub:
         conn.loading = None
         if not items or conn.closed:
             return
-        if conn.held is not None or conn.transport.is_closing():
+        if conn.held is not None or conn.writer.is_closing():
             self.deliver(conn, items)  # behind what is already held, in order
             return
         # Part of the catch-up like the replay itself: written whole (the bound above capped it), never
         # coalesced.
-        conn.transport.write(b"".join([frame for _, frame in items]))
+        conn.writer.write(b"".join([frame for _, frame in items]))
         self.messages += len(items)
         self.writes += 1
 
     def behind(self, conn: Conn) -> bool:
-        return conn.held is not None or conn.transport.get_write_buffer_size() > self.settings.high_water
+        return conn.held is not None or conn.writer.buffered() > self.settings.high_water
 
     async def drained(self, conn: Conn, timeout: float) -> bool:
         """Wait until ``conn`` has caught up (for long replays); False if it did not in time."""
@@ -497,25 +429,25 @@ class Hub:
                     if conn.closed or conn.held is None:
                         self.backlogged.discard(conn)
                         continue
-                    transport = conn.transport
-                    if transport.is_closing():
+                    writer = conn.writer
+                    if writer.is_closing():
                         conn.closed = True
                         self.backlogged.discard(conn)
                         continue
-                    if transport.get_write_buffer_size() <= low:
+                    if writer.buffered() <= low:
                         held = conn.held
                         conn.held = None
                         self.backlogged.discard(conn)
-                        transport.write(b"".join(held.values()))
+                        writer.write(b"".join(held.values()))
                         self.messages += len(held)
                         self.writes += 1
 
     # -- closing -------------------------------------------------------------------------------------
-    def close(self, conn: Conn, code: int, message: str = "") -> None:
+    def close(self, conn: Conn, code: WSCloseCode | CloseCode, message: str = "") -> None:
         """Stop routing to ``conn`` and close it with ``code`` (in the background)."""
         if conn.closed and conn not in self.conns:
             return
-        if code == CloseCode.TRY_AGAIN_LATER:
+        if code == WSCloseCode.TRY_AGAIN_LATER:
             self.slow_closed += 1
             logger.info("feed: closing a slow client of user %s (1013)", conn.user_id)
         self.disconnect(conn)
@@ -523,18 +455,15 @@ class Hub:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _close(self, conn: Conn, code: int, message: str) -> None:
+    async def _close(self, conn: Conn, code: WSCloseCode | CloseCode, message: str) -> None:
         loop = asyncio.get_running_loop()
         # A client that never reads never answers the close: drop it after the grace period.
-        handle = loop.call_later(self.settings.close_grace, conn.transport.abort)
-        try:
-            await conn.ws.close(code=code, message=message.encode(), drain=False)
-        except Exception:  # the peer may already be gone
-            pass
-        if conn.transport.get_write_buffer_size() == 0:
+        handle = loop.call_later(self.settings.close_grace, conn.writer.abort)
+        await conn.writer.close(code, message, drain=False)
+        if conn.writer.buffered() == 0:
             handle.cancel()
 
-    async def shutdown(self, code: int = CloseCode.GOING_AWAY, timeout: float = 5.0) -> None:
+    async def shutdown(self, code: WSCloseCode | CloseCode = WSCloseCode.GOING_AWAY, timeout: float = 5.0) -> None:
         """Close every socket (1001 going away) and wait for the closes, bounded."""
         for conn in list(self.conns):
             self.close(conn, code, "server shutting down")
