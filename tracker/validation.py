@@ -11,7 +11,7 @@ characters``) rather than pydantic's ``Input should be ...``.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationError
@@ -132,15 +132,17 @@ def error_messages(exc: ValidationError, where: Sequence[int | str] = (), limit:
     return "; ".join(describe(err, where) for err in exc.errors(include_url=False)[:limit])
 
 
-def is_type_error(exc: ValidationError) -> bool:
-    """Whether every problem of ``exc`` is a value of the wrong kind (the public API's TypeError)."""
+def is_type_error(exc: ValidationError, also: Collection[str] = ()) -> bool:
+    """Whether every problem of ``exc`` is a value of the wrong kind (the public API's TypeError),
+    or of a pydantic error type in ``also`` (e.g. ``missing`` where a dict lacks a key)."""
     errors = exc.errors(include_url=False)
-    return bool(errors) and all(err["type"] in _KINDS for err in errors)
+    return bool(errors) and all(err["type"] in _KINDS or err["type"] in also for err in errors)
 
 
-def clear_error(exc: ValidationError, prefix: str = "", where: Sequence[int | str] = ()) -> TypeError | ValueError:
+def clear_error(exc: ValidationError, prefix: str = "", where: Sequence[int | str] = (),
+                also: Collection[str] = ()) -> TypeError | ValueError:
     """``exc`` as the public API's exception: ``TypeError`` when every problem is a value of the
-    wrong kind, else ``ValueError``; to ``raise ... from None``."""
+    wrong kind (or in ``also``), else ``ValueError``; to ``raise ... from None``."""
     message = prefix + error_messages(exc, where)
-    return TypeError(message) if is_type_error(exc) else ValueError(message)
+    return TypeError(message) if is_type_error(exc, also) else ValueError(message)
 
