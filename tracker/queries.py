@@ -12,8 +12,9 @@ import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 from sqlalchemy import (
     BigInteger,
     Integer,
@@ -43,6 +44,7 @@ from tracker.figures import BY_NAME, FIGURE_COLUMNS, FIGURES, Figure
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog, Worker, WorkerProcess
 from tracker.records import GroupProgress
 from tracker.status import check_status
+from tracker.validation import clear_error
 from tracker.vocabulary import STATUSES, TERMINAL
 
 __all__ = [
@@ -187,29 +189,48 @@ def task_columns() -> list[Any]:
     return cols
 
 
-class TaskFilters:
-    """Validated filters shared by ``tasks``, ``count`` and exports."""
+def _statuses(status: Any) -> list[str] | None:
+    """One status, a comma-separated list or a sequence of them, as status values."""
+    if status is None:
+        return None
+    if isinstance(status, (list, tuple)):
+        return [check_status(s).value for s in status]
+    if isinstance(status, str) and "," in status:
+        return [check_status(s.strip()).value for s in status.split(",")]
+    return [check_status(status).value]
 
-    def __init__(self, user_id: Any = None, status: Any = None, task_type: Any = None, tag: Any = None,
-                 since: Any = None, until: Any = None, search: Any = None, group_id: Any = None,
-                 root_id: Any = None, parent_id: Any = None) -> None:
-        self.user_id = _opt_str("user_id", user_id)
-        if status is None:
-            self.status: list[str] | None = None
-        elif isinstance(status, (list, tuple)):
-            self.status = [check_status(s).value for s in status]
-        elif isinstance(status, str) and "," in status:
-            self.status = [check_status(s.strip()).value for s in status.split(",")]
-        else:
-            self.status = [check_status(status).value]
-        self.task_type = _opt_str("task_type", task_type)
-        self.tag = _opt_str("tag", tag)
-        self.since = parse_time(since, "since")
-        self.until = parse_time(until, "until")
-        self.search = _opt_str("search", search)
-        self.group_id = _opt_str("group_id", group_id)
-        self.root_id = _opt_str("root_id", root_id)
-        self.parent_id = _opt_str("parent_id", parent_id)
+
+def _time(value: Any, info: ValidationInfo) -> datetime | None:
+    return parse_time(value, info.field_name or "time")
+
+
+Filter = Annotated[str, Field(strict=True)]
+When = Annotated[datetime | None, BeforeValidator(_time)]
+
+
+class TaskFilters(BaseModel):
+    """Validated filters shared by ``tasks``, ``count`` and exports. Built from keyword arguments;
+    bad ones raise TypeError (a value of the wrong kind, an unknown filter) or ValueError."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: Filter | None = None
+    status: Annotated[list[str] | None, BeforeValidator(_statuses)] = None
+    task_type: Filter | None = None
+    tag: Filter | None = None
+    since: When = None
+    until: When = None
+    search: Filter | None = None
+    group_id: Filter | None = None
+    root_id: Filter | None = None
+    parent_id: Filter | None = None
+
+    def __init__(self, **filters: Any) -> None:
+        try:
+            super().__init__(**filters)
+        except ValidationError as exc:
+            # An unknown filter was a TypeError (an unexpected keyword argument): it stays one.
+            raise clear_error(exc, also=("extra_forbidden",)) from None
 
     def where(self) -> list[ColumnElement[bool]]:
         w: list[ColumnElement[bool]] = []
