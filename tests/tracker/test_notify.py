@@ -277,12 +277,25 @@ def test_notify_many_is_all_or_nothing(iso_tracker, sql):
     ({"title": "t", "metadata": [1]}, TypeError, "metadata must be a dict"),
     ({"title": "t", "message": 5}, TypeError, "message must be a string"),
     ({"title": "t" * 501}, ValueError, "at most 500"),
+    # The rules REST has always applied hold for Python callers too: they live in one model.
+    ({"title": "disk\x00full"}, ValueError, "NUL"),
+    ({"title": "t", "metadata": {"blob": "x" * 70_000}}, ValueError, "at most 65536 bytes"),
+    ({"title": "t", "action_url": "javascript:alert(1)"}, ValueError, "http:// or https://"),
+    ({"title": "t", "channels": "sms"}, ValueError, "unknown channel 'sms'"),
 ])
 def test_notify_rejects_bad_input_and_stores_nothing(iso_tracker, sql, kwargs, exc, message):
     user = uid("u")
     with pytest.raises(exc, match=message):
         iso_tracker.notify(user, **kwargs)
     assert _count(sql, user) == 0
+
+
+def test_the_rest_body_model_is_the_python_model():
+    from webgate.api.models import NotificationIn
+
+    assert issubclass(NotificationIn, nt.NotificationInput)
+    (n,) = nt.check_notifications([{"title": "t", "channels": ("email", "email"), "metadata": {"k": (1, 2)}}])
+    assert (n.channels, n.metadata, n.message, n.origin) == (("email",), {"k": [1, 2]}, "", "api")
 
 
 def test_unknown_field_in_notify_many(iso_tracker):
