@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 __all__ = ["check_text", "bounded_json", "Clean", "Id", "Json", "JsonObject", "JsonArray", "MAX_JSON_BYTES",
-           "clear_error", "is_type_error", "describe", "error_messages", "field_name"]
+           "checked", "clear_error", "is_type_error", "describe", "error_messages", "field_name"]
 
 
 def check_text(value: str, where: str = "text") -> str:
@@ -70,6 +70,8 @@ Json = Annotated[Any, AfterValidator(bounded_json)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(bounded_json)]
 JsonArray = Annotated[list[Any], AfterValidator(bounded_json)]
 
+T = TypeVar("T")
+
 #: What a value of the wrong JSON/Python kind "must be", by pydantic error type.
 _KINDS = {"string_type": "a string", "dict_type": "a dict", "list_type": "a list", "tuple_type": "a list",
           "int_type": "an integer", "float_type": "a number", "bool_type": "a boolean", "model_type": "an object",
@@ -88,13 +90,13 @@ def field_name(loc: Sequence[int | str]) -> str:
     return out
 
 
-def describe(err: ErrorDetails, where: Sequence[int | str] = ()) -> str:
+def describe(err: ErrorDetails, where: Sequence[int | str] = (), subject: str = "value") -> str:
     """One pydantic error as a sentence naming its field; ``where`` is dropped from the location's
-    front (e.g. the list index a caller names already)."""
+    front (e.g. the list index a caller names already); ``subject`` names a value without a field."""
     loc = tuple(err["loc"])[len(where):]
     # A union tries each member: its member's name in the location says nothing to the user.
     loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
-    name = field_name(loc) or "value"
+    name = field_name(loc) or subject
     kind, ctx = err["type"], err.get("ctx") or {}
     if kind in ("value_error", "assertion_error"):
         # Our own validators' messages already say what is wrong (and name the field when it helps).
@@ -127,9 +129,10 @@ def describe(err: ErrorDetails, where: Sequence[int | str] = ()) -> str:
     return f"{name}: {err['msg']}"
 
 
-def error_messages(exc: ValidationError, where: Sequence[int | str] = (), limit: int = 3) -> str:
+def error_messages(exc: ValidationError, where: Sequence[int | str] = (), limit: int = 3,
+                   subject: str = "value") -> str:
     """The first ``limit`` problems of ``exc``, each naming its field."""
-    return "; ".join(describe(err, where) for err in exc.errors(include_url=False)[:limit])
+    return "; ".join(describe(err, where, subject) for err in exc.errors(include_url=False)[:limit])
 
 
 def is_type_error(exc: ValidationError, also: Collection[str] = ()) -> bool:
@@ -140,9 +143,18 @@ def is_type_error(exc: ValidationError, also: Collection[str] = ()) -> bool:
 
 
 def clear_error(exc: ValidationError, prefix: str = "", where: Sequence[int | str] = (),
-                also: Collection[str] = ()) -> TypeError | ValueError:
+                also: Collection[str] = (), subject: str = "value") -> TypeError | ValueError:
     """``exc`` as the public API's exception: ``TypeError`` when every problem is a value of the
     wrong kind (or in ``also``), else ``ValueError``; to ``raise ... from None``."""
-    message = prefix + error_messages(exc, where)
+    message = prefix + error_messages(exc, where, subject=subject)
     return TypeError(message) if is_type_error(exc, also) else ValueError(message)
+
+
+def checked(adapter: TypeAdapter[T], value: Any, name: str) -> T:
+    """``value`` validated by ``adapter``, or the public API's TypeError/ValueError naming ``name``
+    (``limit must be an integer``)."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise clear_error(exc, subject=name) from None
 
