@@ -11,13 +11,11 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from tracker.status import Status, check_status
+from tracker.status import Percent, Status, check_status
 from tracker.validation import clear_error
 
-__all__ = ["Percent", "StatusName", "NewTask", "new_task"]
+__all__ = ["StatusName", "NewTask", "new_task"]
 
-#: A percentage as Python gives it: ``50`` or ``50.0``, never ``"50"``, ``True`` or NaN.
-Percent = Annotated[float, Field(strict=True, ge=0, le=100, allow_inf_nan=False)]
 #: A status name, as the :class:`Status` it names.
 StatusName = Annotated[str, Field(strict=True), AfterValidator(check_status)]
 Text = Annotated[str, Field(strict=True)]
