@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from signals.arguments import ContextArgs
+from tracker.validation import clear_error
 from tracker.vocabulary import HEADER_KEYS, RERUN_HEADER, context_headers
 
 __all__ = ["TrackingContext", "tracking_context", "current_context", "HEADER_KEYS", "from_headers",
@@ -30,21 +33,11 @@ def current_context() -> TrackingContext | None:
     return _current.get()
 
 
-def _check(user_id: Any, tags: Any, metadata: Any, task_type: Any) -> None:
-    if user_id is not None and not isinstance(user_id, str):
-        raise TypeError(f"user_id must be a string, not {type(user_id).__name__}")
-    if task_type is not None and not isinstance(task_type, str):
-        raise TypeError(f"task_type must be a string, not {type(task_type).__name__}")
-    if tags is not None:
-        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
-            raise TypeError("tags must be a list of strings")
-    if metadata is not None:
-        if not isinstance(metadata, Mapping):
-            raise TypeError(f"metadata must be a mapping, not {type(metadata).__name__}")
-        try:
-            json.dumps(dict(metadata))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+def _check(**values: Any) -> None:
+    try:
+        ContextArgs.model_validate(values)
+    except ValidationError as exc:
+        raise clear_error(exc) from None
 
 
 @contextmanager
@@ -58,7 +51,7 @@ def tracking_context(
 
     Nested blocks add tags and metadata to the outer ones and may change the user.
     """
-    _check(user_id, tags, metadata, task_type)
+    _check(user_id=user_id, tags=tags, metadata=metadata, task_type=task_type)
     outer = _current.get() or TrackingContext()
     merged_tags = tuple(dict.fromkeys((*outer.tags, *(tags or ()))))
     ctx = TrackingContext(

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Row
 from tracker import control
 from tracker import queries as q
 from tracker import queues as broker_queues
+from tracker.arguments import new_task
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.events import Event, decode
@@ -343,20 +344,10 @@ class Tracker:
                     total_steps: int | None = None, metadata: dict[str, Any] | None = None,
                     tags: list[str] | None = None) -> str:
         """Record a task that does not run on Celery; returns its id."""
-        task_id = task_id or str(uuid.uuid4())
-        if not isinstance(task_id, str) or not task_id or len(task_id) > 255:
-            raise ValueError("task_id must be a non-empty string of at most 255 characters")
-        st = check_status(status)
-        pct = check_progress(progress)
-        if metadata is not None:
-            if not isinstance(metadata, dict):
-                raise TypeError("metadata must be a dict")
-            json.dumps(metadata)
-        if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
-            raise TypeError("tags must be a list of strings")
-        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
-                                        or total_steps < 1):
-            raise ValueError("total_steps must be a positive integer")
+        args = new_task(task_id=task_id or str(uuid.uuid4()), user_id=user_id, task_type=task_type,
+                        task_name=task_name, progress=progress, status=status, total_steps=total_steps,
+                        metadata=metadata, tags=tags)
+        task_id, st, pct = args.task_id, Status(args.status), args.progress
         name = task_name or task_type
         now = time.time()
         self.reporter.pending(task_id, user_id=user_id, name=name, task_type=task_type or name, tags=tags,

@@ -12,8 +12,9 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -49,6 +50,7 @@ from tracker.figures import BY_NAME, FIGURE_COLUMNS, FIGURES, Figure
 from tracker.models import Dashboard, Metric, Notification, ProgressBatch, Task, TaskLog, Worker, WorkerProcess
 from tracker.records import GroupProgress
 from tracker.status import check_status
+from tracker.validation import checked, clear_error
 from tracker.vocabulary import ACTIVE, STATUSES, TERMINAL, Status
 
 __all__ = [
@@ -73,7 +75,18 @@ if TYPE_CHECKING:
 else:
     Stmt = Select
 _LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "WARN": 30, "ERROR": 40, "CRITICAL": 50, "FATAL": 50}
-_AGGS = {"avg", "sum", "min", "max", "count", "p50", "p95", "p99"}
+_AGGS = ("avg", "sum", "min", "max", "count", "p50", "p95", "p99")
+# The builders' arguments of one kind, as Python gives them (no "5" for 5, no True for 1).
+_TEXT: TypeAdapter[str] = TypeAdapter(Annotated[str, Field(strict=True)])
+_INT: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(strict=True)])
+_BOOL: TypeAdapter[bool] = TypeAdapter(Annotated[bool, Field(strict=True)])
+_LIMIT: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(strict=True, ge=1, le=MAX_LIMIT)])
+_GROUP_ID: TypeAdapter[str] = TypeAdapter(Annotated[str, Field(strict=True, min_length=1, max_length=255)])
+_UTC_OFFSET: TypeAdapter[int] = TypeAdapter(Annotated[int, Field(strict=True, ge=-14 * 60, le=14 * 60)])
+if TYPE_CHECKING:
+    _AGG: TypeAdapter[str] = TypeAdapter(str)
+else:
+    _AGG = TypeAdapter(Literal[_AGGS])
 _GROUPS = {"task_type": Task.task_type, "user_id": Task.user_id, "queue": Task.queue, "worker": Task.worker,
            "status": Task.status}
 
@@ -85,8 +98,7 @@ def encode_cursor(*values: Any) -> str:
 
 
 def decode_cursor(cursor: str, n: int) -> list[Any]:
-    if not isinstance(cursor, str):
-        raise TypeError("cursor must be a string")
+    cursor = checked(_TEXT, cursor, "cursor")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         values = json.loads(raw)
@@ -152,21 +164,11 @@ def level_number(level: Any) -> int:
 
 
 def check_limit(limit: Any, default: int = 100) -> int:
-    if limit is None:
-        return default
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError("limit must be an integer")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
-    return limit
+    return default if limit is None else checked(_LIMIT, limit, "limit")
 
 
 def _opt_str(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string")
-    return value
+    return None if value is None else checked(_TEXT, value, name)
 
 
 def _in_range(q: Stmt, column: Any, since: Any, until: Any) -> Stmt:
@@ -193,29 +195,48 @@ def task_columns() -> list[Any]:
     return cols
 
 
-class TaskFilters:
-    """Validated filters shared by ``tasks``, ``count`` and exports."""
+def _statuses(status: Any) -> list[str] | None:
+    """One status, a comma-separated list or a sequence of them, as status values."""
+    if status is None:
+        return None
+    if isinstance(status, (list, tuple)):
+        return [check_status(s).value for s in status]
+    if isinstance(status, str) and "," in status:
+        return [check_status(s.strip()).value for s in status.split(",")]
+    return [check_status(status).value]
 
-    def __init__(self, user_id: Any = None, status: Any = None, task_type: Any = None, tag: Any = None,
-                 since: Any = None, until: Any = None, search: Any = None, group_id: Any = None,
-                 root_id: Any = None, parent_id: Any = None) -> None:
-        self.user_id = _opt_str("user_id", user_id)
-        if status is None:
-            self.status: list[str] | None = None
-        elif isinstance(status, (list, tuple)):
-            self.status = [check_status(s).value for s in status]
-        elif isinstance(status, str) and "," in status:
-            self.status = [check_status(s.strip()).value for s in status.split(",")]
-        else:
-            self.status = [check_status(status).value]
-        self.task_type = _opt_str("task_type", task_type)
-        self.tag = _opt_str("tag", tag)
-        self.since = parse_time(since, "since")
-        self.until = parse_time(until, "until")
-        self.search = _opt_str("search", search)
-        self.group_id = _opt_str("group_id", group_id)
-        self.root_id = _opt_str("root_id", root_id)
-        self.parent_id = _opt_str("parent_id", parent_id)
+
+def _time(value: Any, info: ValidationInfo) -> datetime | None:
+    return parse_time(value, info.field_name or "time")
+
+
+Filter = Annotated[str, Field(strict=True)]
+When = Annotated[datetime | None, BeforeValidator(_time)]
+
+
+class TaskFilters(BaseModel):
+    """Validated filters shared by ``tasks``, ``count`` and exports. Built from keyword arguments;
+    bad ones raise TypeError (a value of the wrong kind, an unknown filter) or ValueError."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: Filter | None = None
+    status: Annotated[list[str] | None, BeforeValidator(_statuses)] = None
+    task_type: Filter | None = None
+    tag: Filter | None = None
+    since: When = None
+    until: When = None
+    search: Filter | None = None
+    group_id: Filter | None = None
+    root_id: Filter | None = None
+    parent_id: Filter | None = None
+
+    def __init__(self, **filters: Any) -> None:
+        try:
+            super().__init__(**filters)
+        except ValidationError as exc:
+            # An unknown filter was a TypeError (an unexpected keyword argument): it stays one.
+            raise clear_error(exc, also=("extra_forbidden",)) from None
 
     def where(self) -> list[ColumnElement[bool]]:
         w: list[ColumnElement[bool]] = []
@@ -249,8 +270,7 @@ def _task_select() -> Stmt:
 
 
 def task_by_id(task_id: str) -> Stmt:
-    if not isinstance(task_id, str):
-        raise TypeError("task_id must be a string")
+    checked(_TEXT, task_id, "task_id")
     return _task_select().where(Task.task_id == task_id)
 
 
@@ -323,8 +343,7 @@ def log_stats(task_id: Any = None, since: Any = None, until: Any = None, user_id
 # -- progress and metrics ------------------------------------------------------------------------------
 def progress_history(task_id: str, limit: int = 100_000) -> Stmt:
     """Every progress point of a task in order: ``(ts, progress, current_step)`` rows."""
-    if not isinstance(task_id, str):
-        raise TypeError("task_id must be a string")
+    checked(_TEXT, task_id, "task_id")
     points = (func.unnest(ProgressBatch.times, ProgressBatch.vals, ProgressBatch.steps)
               .table_valued("t", "p", "s", with_ordinality="i").render_derived().lateral())
     q: Stmt = (select(func.to_timestamp(points.c.t).label("ts"), points.c.p.label("progress"),
@@ -392,8 +411,7 @@ def metric_series(name: Any, bucket: Any = "1m", agg: Any = "avg", since: Any = 
     if not isinstance(name, str) or not name:
         raise TypeError("metric name must be a non-empty string")
     width = parse_bucket(bucket)
-    if not isinstance(agg, str) or agg not in _AGGS:
-        raise ValueError(f"agg must be one of {sorted(_AGGS)}")
+    checked(_AGG, agg, "agg")
     s = _samples(name, task_type=task_type, user_id=user_id, since=since, until=until)
     start = func.date_bin(literal(width), s.c.ts, literal(datetime(2000, 1, 1, tzinfo=UTC))).label("bucket")
     value: Any
@@ -430,10 +448,7 @@ def group_progress(group_id: str) -> Select[Any]:
     Members are the tasks whose ``group_id`` is ``group_id`` or, for a chain (whose tasks
     share the first task's id as ``root_id``), whose ``root_id`` is it.
     """
-    if not isinstance(group_id, str):
-        raise TypeError("group_id must be a string")
-    if not group_id or len(group_id) > 255:
-        raise ValueError("group_id must be a non-empty string of at most 255 characters")
+    checked(_GROUP_ID, group_id, "group_id")
     unfinished = Task.status.not_in(_FINISHED)
     cols: list[Any] = [func.count().label("total")]
     cols += [func.count().filter(Task.status == st).label(st) for st in _ALL_STATUSES]
@@ -514,8 +529,7 @@ def notifications(user_id: Any = None, unread: Any = None, limit: Any = None, cu
     q = select(*notification_columns())
     q = _where_eq(q, Notification.user_id, "user_id", user_id)
     if unread is not None:
-        if not isinstance(unread, bool):
-            raise TypeError("unread must be a boolean")
+        checked(_BOOL, unread, "unread")
         q = q.where(Notification.is_read == (false() if unread else true()))
     if type is not None:
         q = q.where(Notification.type == _opt_str("type", type))
@@ -576,22 +590,19 @@ def export_tasks(filters: TaskFilters) -> Stmt:
 
 def delete_task(task_id: str) -> list[Any]:
     """Statements deleting a task with its progress history, logs and metrics (run in one transaction)."""
-    if not isinstance(task_id, str):
-        raise TypeError("task_id must be a string")
+    checked(_TEXT, task_id, "task_id")
     return [delete(model).where(model.task_id == task_id) for model in (Task, ProgressBatch, TaskLog, Metric)]
 
 
 def delete_task_logs(task_id: str) -> Any:
-    if not isinstance(task_id, str):
-        raise TypeError("task_id must be a string")
+    checked(_TEXT, task_id, "task_id")
     return delete(TaskLog).where(TaskLog.task_id == task_id)
 
 
 def task_metrics(task_id: str, name: Any = None, limit: Any = None) -> Stmt:
     """Raw samples recorded for one task, oldest first."""
     n = check_limit(limit)
-    if not isinstance(task_id, str):
-        raise TypeError("task_id must be a string")
+    checked(_TEXT, task_id, "task_id")
     s = _samples(name, task_id=task_id)
     q: Stmt = select(s.c.name, s.c.value, s.c.unit, s.c.labels, s.c.task_id, s.c.user_id, s.c.ts)
     return q.order_by(s.c.ts, s.c.id).limit(n)
@@ -621,10 +632,7 @@ def throughput_series(bucket: Any = "5m", since: Any = None, until: Any = None, 
 def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, task_type: Any = None,
                      utc_offset_minutes: int = 0) -> Stmt:
     """``(dow, hour, count)`` of tasks created, ISO weekday (1 = Monday) x hour in the given UTC offset."""
-    if isinstance(utc_offset_minutes, bool) or not isinstance(utc_offset_minutes, int):
-        raise TypeError("utc_offset must be an integer number of minutes")
-    if not -14 * 60 <= utc_offset_minutes <= 14 * 60:
-        raise ValueError("utc_offset must be between -840 and 840 minutes")
+    checked(_UTC_OFFSET, utc_offset_minutes, "utc_offset")
     local = func.timezone("UTC", Task.created_at) + literal(timedelta(minutes=utc_offset_minutes))
     dow = cast(extract("isodow", local), Integer).label("dow")
     hour = cast(extract("hour", local), Integer).label("hour")
@@ -637,8 +645,7 @@ def activity_heatmap(since: Any = None, until: Any = None, user_id: Any = None, 
 
 def _one_notification(stmt: Any, notification_id: Any, user_id: Any) -> Any:
     """``stmt`` limited to one notification id (an integer), and to ``user_id``'s when given."""
-    if isinstance(notification_id, bool) or not isinstance(notification_id, int):
-        raise TypeError("notification_id must be an integer")
+    checked(_INT, notification_id, "notification_id")
     return _where_eq(stmt.where(Notification.id == notification_id), Notification.user_id, "user_id", user_id)
 
 
@@ -692,8 +699,7 @@ def dashboards(user_id: Any = None, limit: Any = None, cursor: Any = None) -> St
 
 
 def dashboard_by_id(dashboard_id: int) -> Stmt:
-    if isinstance(dashboard_id, bool) or not isinstance(dashboard_id, int):
-        raise TypeError("dashboard_id must be an integer")
+    checked(_INT, dashboard_id, "dashboard_id")
     return select(*dashboard_columns()).where(Dashboard.id == dashboard_id)
 
 
@@ -702,8 +708,7 @@ def insert_dashboard(user_id: str | None, name: str, widgets: list[Any]) -> Any:
 
 
 def delete_dashboard(dashboard_id: int) -> Any:
-    if isinstance(dashboard_id, bool) or not isinstance(dashboard_id, int):
-        raise TypeError("dashboard_id must be an integer")
+    checked(_INT, dashboard_id, "dashboard_id")
     return delete(Dashboard).where(Dashboard.id == dashboard_id).returning(Dashboard.id)
 
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter
+
+from tracker.validation import checked
 from tracker.vocabulary import ACTIVE, TERMINAL, Status
 
-__all__ = ["Status", "TERMINAL", "ACTIVE", "check_status", "check_progress"]
+__all__ = ["Status", "TERMINAL", "ACTIVE", "Percent", "check_status", "check_progress"]
+
+#: A percentage as Python gives it: ``50`` or ``50.0``, never ``"50"``, ``True`` or NaN.
+Percent = Annotated[float, Field(strict=True, ge=0, le=100, allow_inf_nan=False)]
+_PERCENT: TypeAdapter[float] = TypeAdapter(Percent)
 
 
 def check_status(value: object) -> Status:
@@ -19,10 +28,6 @@ def check_status(value: object) -> Status:
 
 
 def check_progress(value: object) -> float:
-    """Return ``value`` as a percentage in [0, 100] or raise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"progress must be a number, not {type(value).__name__}")
-    v = float(value)
-    if not 0.0 <= v <= 100.0:  # also rejects NaN
-        raise ValueError(f"progress must be between 0 and 100, got {value!r}")
-    return v
+    """Return ``value`` as a percentage in [0, 100] or raise a clear error (TypeError for what is
+    not a number, ``True`` and ``"50"`` included; ValueError out of range or NaN)."""
+    return checked(_PERCENT, value, "progress")

@@ -82,6 +82,14 @@ def test_tracked_task_api_validates_even_outside_a_worker():
         ({}, ValueError),
         ({"percent": 10, "step": 3}, TypeError),
         ({"percent": 10, "step_index": 4, "total_steps": 3}, ValueError),
+        # past progress()'s cheap check, the model still refuses what it always did
+        ({"percent": float("nan")}, ValueError),
+        ({"percent": "50"}, TypeError),
+        ({"current": 1, "total": float("inf")}, ValueError),
+        ({"percent": 10, "message": 5}, TypeError),
+        ({"percent": 10, "step_index": -1}, ValueError),
+        ({"percent": 10, "total_steps": True}, TypeError),
+        ({"percent": 10, "current": 1, "total": 2}, ValueError),
     ]:
         with pytest.raises(exc):
             build.progress(**kwargs)
@@ -91,6 +99,17 @@ def test_tracked_task_api_validates_even_outside_a_worker():
         build.metric("m", float("inf"))
     with pytest.raises(TypeError):
         build.log.info("x", context=["not a dict"])
+    for attachments in ([{"data": "no name"}], [{"name": "no content"}], ["not a dict"], "not a list"):
+        with pytest.raises(TypeError):
+            build.log.info("x", attachments=attachments)
+    with pytest.raises(TypeError):
+        build.metric("m", "1")
+    with pytest.raises(TypeError):
+        list(build.track([1, 2], total="2"))
+    # the accepted forms still pass
+    build.progress(25)
+    build.progress(current=1, total=4, step="a", step_index=1, total_steps=4, message="m")
+    build.log.info("x", context={"k": 1}, attachments=[{"name": "a", "data": b"\x00"}, {"name": "b", "url": "u"}])
 
 
 def test_tracking_context_rejects_bad_values():

@@ -64,11 +64,17 @@ def test_rules_from_json_text_and_defaults():
     ({"on": ["failed"], "title": "{task_id.__class__}"}, "unknown field"),
     ({"on": ["failed"], "title": "{progress:%%%}"}, "bad template"),
     ({"on": ["failed"], "title": "{"}, "bad template"),
-    ({"on": ["failed"], "colour": "red"}, "unknown key(s) colour"),
+    ({"on": ["failed"], "colour": "red"}, "unknown field 'colour'"),
     ({"on": ["failed"], "email_to": ["not-an-address"]}, "not an e-mail address"),
     ({"on": ["failed"], "webhook_url": "ftp://x"}, "http(s) URL"),
-    ({"on": ["failed"], "digest": {"window": -1}}, "digest window"),
-    ({"on": ["failed"], "task_types": "a,b" and [1]}, "list of non-empty strings"),
+    ({"on": ["failed"], "digest": {"window": -1}}, "digest.window must be > 0"),
+    ({"on": ["failed"], "digest": {"window": 60, "threshold": True}}, "digest.threshold must be an integer"),
+    ({"on": ["failed"], "task_types": [1]}, "task_types[0] must be a string"),
+    ({"on": ["failed"], "task_types": [""]}, "task_types[0] must be a non-empty string"),
+    ({"on": ["failure_rate>50%"], "min_tasks": 0}, "min_tasks must be >= 1"),
+    ({"on": ["failure_rate>50%"], "tags": ["x"]}, "'tags' only for task triggers"),
+    ({"on": ["failed"], "window": 60}, "'window' only for aggregate conditions"),
+    ({"on": ["failed", "no_workers"]}, "mixes task triggers and aggregate conditions"),
     ({"on": ["failed"], "id": "has space"}, "'id' must be"),
 ])
 def test_bad_rules_are_refused_with_a_clear_message(rule, message):
@@ -76,6 +82,13 @@ def test_bad_rules_are_refused_with_a_clear_message(rule, message):
         nt.parse_rules([rule])
     assert message in str(err.value)
     assert "tracker_notifications[0]" in str(err.value)
+
+
+def test_a_bad_rule_is_named_by_its_id_and_field():
+    with pytest.raises(ValueError) as err:
+        nt.parse_rules([{"id": "ok", "on": "failed"}, {"id": "ops", "on": ["failed"], "priority": "asap"}])
+    assert str(err.value).startswith("tracker_notifications[1] (rule 'ops'): priority must be one of")
+    assert "got 'asap'" in str(err.value)
 
 
 def test_rule_list_shape_and_unique_ids():
@@ -264,12 +277,25 @@ def test_notify_many_is_all_or_nothing(iso_tracker, sql):
     ({"title": "t", "metadata": [1]}, TypeError, "metadata must be a dict"),
     ({"title": "t", "message": 5}, TypeError, "message must be a string"),
     ({"title": "t" * 501}, ValueError, "at most 500"),
+    # The rules REST has always applied hold for Python callers too: they live in one model.
+    ({"title": "disk\x00full"}, ValueError, "NUL"),
+    ({"title": "t", "metadata": {"blob": "x" * 70_000}}, ValueError, "at most 65536 bytes"),
+    ({"title": "t", "action_url": "javascript:alert(1)"}, ValueError, "http:// or https://"),
+    ({"title": "t", "channels": "sms"}, ValueError, "unknown channel 'sms'"),
 ])
 def test_notify_rejects_bad_input_and_stores_nothing(iso_tracker, sql, kwargs, exc, message):
     user = uid("u")
     with pytest.raises(exc, match=message):
         iso_tracker.notify(user, **kwargs)
     assert _count(sql, user) == 0
+
+
+def test_the_rest_body_model_is_the_python_model():
+    from webgate.api.models import NotificationIn
+
+    assert issubclass(NotificationIn, nt.NotificationInput)
+    (n,) = nt.check_notifications([{"title": "t", "channels": ("email", "email"), "metadata": {"k": (1, 2)}}])
+    assert (n.channels, n.metadata, n.message, n.origin) == (("email",), {"k": [1, 2]}, "", "api")
 
 
 def test_unknown_field_in_notify_many(iso_tracker):

@@ -105,8 +105,8 @@ def test_aggregate_rules_parse_with_their_defaults_and_filters():
     ({"on": ["no_workers"], "queues": ["a"]}, "'queues' filters failure_rate and queue_depth only"),
     ({"on": ["queue_depth>5"], "task_types": ["a"]}, "'task_types' filters failure_rate only"),
     ({"on": ["no_workers"], "tags": ["a"]}, "'tags' only for task triggers"),
-    ({"on": ["failure_rate>5%"], "min_tasks": 0}, "'min_tasks' must be a positive integer"),
-    ({"on": ["failure_rate>5%"], "window": -1}, "'window' must be a number of seconds"),
+    ({"on": ["failure_rate>5%"], "min_tasks": 0}, "min_tasks must be >= 1, got 0"),
+    ({"on": ["failure_rate>5%"], "window": -1}, "window must be > 0"),
 ])
 def test_invalid_aggregate_rules_stop_the_gateway(tracker_env, rule, message):
     # The same check_config as every rule: `tracker gateway` exits with this message (as

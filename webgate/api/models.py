@@ -11,12 +11,13 @@ cannot store: refused up front rather than dropped later by the batched writer.
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tracker import vocabulary
+from tracker.new_notification import Kind, NotificationInput, Priority
+from tracker.validation import MAX_JSON_BYTES, Clean, Id, Json, JsonArray, JsonObject, check_text
 
 __all__ = ["CHART_QUERIES", "INT32", "LEVELS", "MAX_JSON_BYTES", "Query", "Body", "check_text", "CHARTS",
            "STATUSES", "TIME_DOC", "TaskCreate", "ProgressUpdate", "StatusUpdate", "Complete", "Fail", "Control",
@@ -31,52 +32,9 @@ LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 CHARTS = ["progress-chart", "status-distribution", "performance-metrics", "activity-heatmap"]
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
-#: Free-form JSON (metadata, context, result) is bounded so one request cannot bloat a row.
-MAX_JSON_BYTES = 64 * 1024
 TIME_DOC = "ISO 8601 time, epoch seconds, or relative such as -15m, -2h, -7d"
 
-
-def check_text(value: str, where: str = "text") -> str:
-    """PostgreSQL text cannot hold NUL and UTF-8 cannot hold lone surrogates: refuse both."""
-    if "\x00" in value:
-        raise ValueError(f"{where}: text must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where}: text is not valid Unicode") from None
-    return value
-
-
-def _deep_text(value: Any) -> None:
-    if isinstance(value, str):
-        check_text(value)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_text(str(k), "key")
-            _deep_text(v)
-    elif isinstance(value, list):
-        for v in value:
-            _deep_text(v)
-
-
-def _bounded_json(value: Any) -> Any:
-    """Free-form JSON: no NUL anywhere, at most MAX_JSON_BYTES when encoded."""
-    if value is not None:
-        _deep_text(value)
-        if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_JSON_BYTES:
-            raise ValueError(f"at most {MAX_JSON_BYTES} bytes of JSON")
-    return value
-
-
-#: Every text field: no NUL, no lone surrogate.
-Clean = AfterValidator(check_text)
-
-
-Id = Annotated[str, Field(max_length=255, min_length=1), Clean]
 Text255 = Annotated[str, Field(max_length=255), Clean]
-Json = Annotated[Any, AfterValidator(_bounded_json)]
-JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded_json)]
-JsonArray = Annotated[list[Any], AfterValidator(_bounded_json)]
 if TYPE_CHECKING:
     Status = str
     Chart = str
@@ -168,19 +126,10 @@ class LogBatch(Body):
     logs: Annotated[list[LogIn], Field(min_length=1, max_length=1000)]
 
 
-Channel = Literal["websocket", "email", "slack", "webhook"]
+class NotificationIn(NotificationInput):
+    """``POST /notifications``: the rules of every caller's notification (``Tracker.notify``), in
+    JSON's types, with a shorter ``dedup_key`` (the server prefixes it with the caller)."""
 
-
-class NotificationIn(Body):
-    user_id: Id | None = None
-    title: Annotated[str, Field(max_length=500, min_length=1), Clean]
-    message: Annotated[str, Field(max_length=10_000), Clean] | None = None
-    type: Literal["info", "success", "warning", "error", "progress"] = "info"
-    priority: Literal["urgent", "high", "normal", "low"] = "normal"
-    channels: Annotated[list[Channel], Field(None, min_length=1, max_length=4)]
-    task_id: Id | None = None
-    action_url: Annotated[str, Field(max_length=2000), Clean] | None = None
-    metadata: JsonObject | None = None
     dedup_key: Annotated[str, Field(max_length=200, min_length=1), Clean] | None = None
 
 
@@ -302,8 +251,8 @@ class MetricSeriesQuery(Query):
 
 class NotificationFilters(Query):
     unread: Annotated[bool, Field(description="true: only unread; false: only read")] | None = None
-    type: Literal["info", "success", "warning", "error", "progress"] | None = None
-    priority: Literal["urgent", "high", "normal", "low"] | None = None
+    type: Kind | None = None
+    priority: Priority | None = None
     limit: Limit = 100
     cursor: Cursor | None = None
 
