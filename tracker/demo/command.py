@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from tracker.demo.services import PostgresServer, RedisServer, free_port, stop_process
+from tracker.demo.services import PostgresServer, RedisServer, free_port, port_free, stop_process
 from tracker.vocabulary import TERMINAL
 
 __all__ = ["demo", "Child"]
@@ -70,15 +69,6 @@ class Child:
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM (a warm shutdown: running tasks finish, buffers flush), then SIGKILL the group."""
         return stop_process(self.proc, timeout)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _healthy(base: str) -> bool:
@@ -219,7 +209,7 @@ def _run(stack: ExitStack, console: Console, *, once: bool, duration: float | No
     queue = f"tracker-demo-{run}"
     if port == 0:
         port = free_port()
-    elif not _port_free(port):
+    elif not port_free(port):
         taken, port = port, free_port()
         console.print(f"port {taken} is taken; the gateway uses {port}")
     base = f"http://127.0.0.1:{port}"

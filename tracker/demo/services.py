@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["free_port", "PostgresServer", "RedisServer", "find_pg_bin", "stop_process", "ensure_database"]
+__all__ = ["free_port", "port_free", "PostgresServer", "RedisServer", "find_pg_bin", "stop_process", "ensure_database"]
 
 
 #: Ports handed out by :func:`free_port` in this process (a server may not have bound one yet).
@@ -46,7 +46,8 @@ def _port_band() -> range | None:
     return range(start + index * width, start + (index + 1) * width)
 
 
-def _bindable(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether nothing holds ``port`` on 127.0.0.1 (a bind succeeds)."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -62,7 +63,7 @@ def free_port() -> int:
         offset = random.randrange(len(band))
         for i in range(len(band)):
             port = band[(offset + i) % len(band)]
-            if port not in _handed and _bindable(port):
+            if port not in _handed and port_free(port):
                 _handed.add(port)
                 return port
     with socket.socket() as s:
