@@ -9,7 +9,7 @@ from typing import Any
 from tracker.vocabulary import EVENT_TYPES, STATUS_EVENTS, TERMINAL_EVENTS
 
 __all__ = ["SCHEMA_VERSION", "EVENT_TYPES", "TERMINAL_EVENTS", "STATUS_EVENTS", "Event", "encode", "decode", "dumps",
-           "RawJSON", "xadd_args"]
+           "RawJSON", "xadd_args", "entry_fields"]
 
 SCHEMA_VERSION = 1
 
@@ -53,24 +53,22 @@ class Event:
         }
 
 
+def entry_fields(event: Event) -> tuple[str, ...]:
+    """The stream entry of ``event`` as flat name, value pairs: the one definition of its layout."""
+    return ("v", _VERSION, "type", event.type, "task_id", event.task_id or "", "user_id", event.user_id or "",
+            "ts", repr(event.ts), "data", _ENCODE(event.data))
+
+
 def encode(event: Event) -> dict[str, str]:
     """Fields of the stream entry for ``event``."""
-    return {
-        "v": str(SCHEMA_VERSION),
-        "type": event.type,
-        "task_id": event.task_id or "",
-        "user_id": event.user_id or "",
-        "ts": repr(event.ts),
-        "data": dumps(event.data),
-    }
+    pairs = entry_fields(event)
+    return dict(zip(pairs[::2], pairs[1::2], strict=True))
 
 
 def xadd_args(stream: str, maxlen: int, event: Event) -> tuple[Any, ...]:
-    """The whole ``XADD stream MAXLEN ~ maxlen * <fields of encode(event)>`` command, as the
-    bus sends it (built directly: no field dict, no per-command option handling)."""
-    return ("XADD", stream, "MAXLEN", "~", maxlen, "*", "v", _VERSION, "type", event.type,
-            "task_id", event.task_id or "", "user_id", event.user_id or "", "ts", repr(event.ts),
-            "data", _ENCODE(event.data))
+    """The whole ``XADD stream MAXLEN ~ maxlen * <fields of the entry>`` command, as the bus sends
+    it (no field dict, no per-command option handling)."""
+    return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *entry_fields(event))
 
 
 _VERSION = str(SCHEMA_VERSION)

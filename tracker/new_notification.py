@@ -26,7 +26,7 @@ from pydantic import (
     WrapValidator,
 )
 
-from tracker.validation import Clean, Id, JsonObject, describe, is_type_error
+from tracker.validation import Clean, Id, JsonObject, clear_error
 
 __all__ = ["CHANNELS", "ORIGINS", "PRIORITIES", "TYPES", "MAX_TITLE", "MAX_MESSAGE", "MAX_URL", "CONTROL_CHARS",
            "Channel", "Priority", "Kind", "ActionUrl", "is_http_url", "check_action_url", "NotificationInput",
@@ -179,7 +179,5 @@ def check_notifications(items: Any, origin: str = "api") -> list[NewNotification
     try:
         checked = _INPUTS.validate_python(given)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        message = "; ".join(f"notification {err['loc'][0]}: {describe(err, err['loc'][:1])}" for err in errors[:3])
-        raise (TypeError(message) if is_type_error(exc) else ValueError(message)) from None
+        raise clear_error(exc, item=lambda index: f"notification {index}") from None
     return [n.new(origin) for n in checked]

@@ -42,7 +42,7 @@ from tracker.new_notification import (
     Priority,
     is_http_url,
 )
-from tracker.validation import describe
+from tracker.validation import error_messages
 from tracker.vocabulary import EVENT_TRIGGERS
 
 __all__ = ["AGGREGATES", "TEMPLATE_FIELDS", "DEFAULT_WINDOW", "DEFAULT_MIN_TASKS", "MAX_WINDOW", "Trigger",
@@ -431,8 +431,7 @@ def parse_rules(raw: Any) -> list[Rule]:
     try:
         specs = _SPECS.validate_python(list(raw))
     except ValidationError as exc:
-        raise ValueError("; ".join(f"{_where(raw, err['loc'][0])}: {describe(err, err['loc'][:1])}"
-                                   for err in exc.errors(include_url=False)[:3])) from None
+        raise ValueError(error_messages(exc, item=lambda index: _where(raw, index))) from None
     rules = [spec.rule(i) for i, spec in enumerate(specs)]
     ids = [r.id for r in rules]
     dupes = sorted({i for i in ids if ids.count(i) > 1})

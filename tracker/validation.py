@@ -11,7 +11,7 @@ characters``) rather than pydantic's ``Input should be ...``.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
@@ -130,9 +130,13 @@ def describe(err: ErrorDetails, where: Sequence[int | str] = (), subject: str = 
 
 
 def error_messages(exc: ValidationError, where: Sequence[int | str] = (), limit: int = 3,
-                   subject: str = "value") -> str:
-    """The first ``limit`` problems of ``exc``, each naming its field."""
-    return "; ".join(describe(err, where, subject) for err in exc.errors(include_url=False)[:limit])
+                   subject: str = "value", item: Callable[[Any], str] | None = None) -> str:
+    """The first ``limit`` problems of ``exc``, each naming its field. With ``item``, ``exc`` is
+    about a list: each problem starts with ``item(index)`` and its location leaves the index out."""
+    errors = exc.errors(include_url=False)[:limit]
+    if item is None:
+        return "; ".join(describe(err, where, subject) for err in errors)
+    return "; ".join(f"{item(err['loc'][0])}: {describe(err, err['loc'][:1])}" for err in errors)
 
 
 def is_type_error(exc: ValidationError, also: Collection[str] = ()) -> bool:
@@ -143,10 +147,11 @@ def is_type_error(exc: ValidationError, also: Collection[str] = ()) -> bool:
 
 
 def clear_error(exc: ValidationError, prefix: str = "", where: Sequence[int | str] = (),
-                also: Collection[str] = (), subject: str = "value") -> TypeError | ValueError:
+                also: Collection[str] = (), subject: str = "value",
+                item: Callable[[Any], str] | None = None) -> TypeError | ValueError:
     """``exc`` as the public API's exception: ``TypeError`` when every problem is a value of the
     wrong kind (or in ``also``), else ``ValueError``; to ``raise ... from None``."""
-    message = prefix + error_messages(exc, where, subject=subject)
+    message = prefix + error_messages(exc, where, subject=subject, item=item)
     return TypeError(message) if is_type_error(exc, also) else ValueError(message)
 
 
