@@ -82,6 +82,9 @@ class EventBus(BackgroundWriter):
         self.idle_wait = 1.0
         self._sleeping = False
         self._idle = False
+        #: A progress event is queued: send it after ``linger``, not at the next tick (set by
+        #: :meth:`progress`, cleared when a send takes the queue).
+        self._urgent = False
         self._queue: deque[Event | _Progress] = deque()
         self._last_progress: dict[str, float] = {}
         self._held: dict[str, _Progress] = {}  # coalesced progress waiting for its slot
@@ -135,6 +138,9 @@ class EventBus(BackgroundWriter):
                 self._last_progress[task_id] = now
                 self._held.pop(task_id, None)
                 self._enqueue(item)
+                # Seen by the sender even when it is busy now and would next wait for a tick:
+                # without it a report landing mid-send waited up to 50 ms (the feed's p99).
+                self._urgent = True
                 wake = True
             else:
                 self._held[task_id] = item
@@ -207,7 +213,7 @@ class EventBus(BackgroundWriter):
             elif self._queue:
                 # Lifecycle events gather for up to a tick after the previous send: one pipeline
                 # per tick under load, not one per event or two (a progress report ends the wait).
-                timeout = max(self.linger, last_send + self.tick - now)
+                timeout = self.linger if self._urgent else max(self.linger, last_send + self.tick - now)
             elif self._held:
                 timeout = min(self.tick, self.progress_interval / 2)
             else:
@@ -220,7 +226,7 @@ class EventBus(BackgroundWriter):
             # more than the event): announce the sleep, then look at the queue once more.
             idle = self._idle
             self._sleeping = True
-            if not (idle and self._queue):
+            if not ((idle and self._queue) or self._urgent):
                 self._wake.wait(timeout)
             self._sleeping = False
             # Woken from idleness by a publisher (it cleared the flag): gather for a moment
@@ -271,6 +277,7 @@ class EventBus(BackgroundWriter):
         with self._lock:
             seq = self._seq
             batch = list(self._queue)
+            self._urgent = False
         if not batch:
             self._mark_done(seq)
             return
