@@ -16,7 +16,7 @@ import threading
 import time
 import traceback as tb
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import signals as cs
 
@@ -27,6 +27,9 @@ from signals.runtime import runtime_key as _runtime_key
 from tracker.config import TrackerConfig
 from tracker.events import RawJSON, dumps
 from tracker.redaction import Redactor, redactor_for
+
+if TYPE_CHECKING:  # Celery only as the type of an app
+    from celery import Celery
 
 __all__ = ["install", "uninstall", "is_installed", "config_for", "runtime_for_app", "TaskCancelled"]
 
@@ -64,7 +67,7 @@ def _guard(fn: F) -> F:
 
 
 # -- configuration lookup -------------------------------------------------------------------
-def config_for(app: Any = None) -> TrackerConfig | None:
+def config_for(app: Celery | None = None) -> TrackerConfig | None:
     """The configuration installed for ``app`` (or the only/current installed app)."""
     if not _installed:
         return None
@@ -98,7 +101,7 @@ def _runtime(sender: Any) -> Runtime | None:
     key = id(app)
     rt = _runtime_cache.get(key, _MISSING)
     if rt is not _MISSING and (rt is None or not rt.closed):
-        return rt  # type: ignore[return-value]
+        return rt
     found = runtime_for_app(app)
     _runtime_cache[key] = found
     return found
@@ -558,7 +561,7 @@ def _uid(fn: Callable[..., Any]) -> str:
     return f"celery-tracking.{fn.__name__}"
 
 
-def install(app: Any) -> None:
+def install(app: Celery) -> None:
     """Track every task of ``app``: connect the receivers (idempotent)."""
     global _connected
     if app is None or not hasattr(app, "conf"):
@@ -573,7 +576,7 @@ def install(app: Any) -> None:
             _connected = True
 
 
-def uninstall(app: Any = None) -> None:
+def uninstall(app: Celery | None = None) -> None:
     """Undo :func:`install` for ``app`` (all apps when None); receivers go with the last one."""
     global _connected
     with _lock:

@@ -109,7 +109,7 @@ class TaskLogger:
         self.log(logging.ERROR, msg, *args, **kw)
 
 
-class TrackedTask(Task):  # type: ignore[misc]
+class TrackedTask(Task):
     """Base class for tasks that report progress, logs and metrics and obey pause/cancel.
 
     Use as ``@app.task(base=TrackedTask, bind=True)``. Lifecycle tracking itself comes from

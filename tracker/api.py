@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import redis
 from sqlalchemy import Engine, create_engine
@@ -41,6 +41,9 @@ from tracker.records import (
 from tracker.redaction import redactor_for
 from tracker.reporter import Reporter
 from tracker.status import Status, check_progress, check_status
+
+if TYPE_CHECKING:  # Celery only as the type of an app
+    from celery import Celery
 
 # task_record is re-exported: the gateway maps task rows through ``tracker.api.task_record``.
 __all__ = ["Tracker", "Page", "EXPORT_FIELDS", "ExportEncoder", "export_chunks", "task_record"]
@@ -85,7 +88,7 @@ class Tracker:
         self._reporter: Reporter | None = None
 
     @classmethod
-    def from_celery(cls, app: Any) -> Tracker:
+    def from_celery(cls, app: Celery) -> Tracker:
         return cls(app=app)
 
     # -- connections -----------------------------------------------------------------------------
@@ -436,8 +439,8 @@ class Tracker:
                     return
                 continue
             idle_since = time.monotonic()
-            for _stream, entries in resp:  # type: ignore[union-attr,str-unpack,misc]
-                for entry_id, fields in entries:  # type: ignore[union-attr,str-unpack,misc]
+            for _stream, entries in resp:  # type: ignore[str-unpack]
+                for entry_id, fields in entries:  # type: ignore[union-attr, str-unpack]
                     event = decode(entry_id, fields)  # type: ignore[arg-type]
                     last = event.id or last
                     if task_id is not None and event.task_id != task_id:

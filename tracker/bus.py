@@ -364,7 +364,7 @@ class EventBus(BackgroundWriter):
         try:
             client = self._redis()
             # Scores are the setters' clocks: look a little back so a skewed clock loses nothing.
-            entries: list[Any] = client.zrangebyscore(  # type: ignore[assignment]
+            entries: list[Any] = client.zrangebyscore(
                 index, self._follow_from, "+inf", start=0, num=_FOLLOW_PAGE, withscores=True)
             fresh = []
             for member, score in entries:

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -20,6 +20,9 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from tracker import vocabulary
 from tracker.redaction import DEFAULT_REDACT_KEYS
+
+if TYPE_CHECKING:  # Celery only as the type of an app
+    from celery import Celery
 
 __all__ = ["TrackerConfig", "TrackerSettings", "CeleryConfSource", "ConfigError", "sqlalchemy_url", "psycopg_url"]
 
@@ -125,7 +128,7 @@ class TrackerSettings(BaseSettings):
         return cls.load()
 
     @classmethod
-    def from_celery(cls, app: Any) -> Self:
+    def from_celery(cls, app: Celery) -> Self:
         """Settings from a Celery app's settings, then the environment."""
         return cls.load(app.conf)
 

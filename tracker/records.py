@@ -43,7 +43,7 @@ class _Record:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(asdict(self))  # type: ignore[call-overload, no-any-return]
+        return to_jsonable(asdict(self))  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,7 @@ def _server_default(col: Column[Any]) -> ColumnElement[Any]:
         return cast(_inline(arg), col.type)
     if isinstance(arg, TextClause):
         return literal_column(arg.text, col.type)
-    return arg  # type: ignore[no-any-return]  # a SQL function such as now()
+    return arg  # a SQL function such as now()
 
 
 # -- task states: one UPDATE / INSERT per batch, from one array per column ----------------------

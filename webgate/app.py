@@ -11,6 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from celery import Celery
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tracker.bus import EventBus
@@ -59,7 +60,7 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "gateway": request.app[GATEWAY_ID]})
 
 
-def create_app(config: TrackerConfig | None = None, *, celery_app: Any = None) -> web.Application:
+def create_app(config: TrackerConfig | None = None, *, celery_app: Celery | None = None) -> web.Application:
     """Build the gateway: WebSocket feed, REST API, notifier, sweeper and dashboard."""
     config = config or TrackerConfig.from_env()
     check_secret(config.secret)  # SecretError (a ValueError naming TRACKER_SECRET): no weak-secret gateway

@@ -129,7 +129,7 @@ class Endpoints(web.RouteTableDef):
                   description: str = "") -> Callable[[Handler], Handler]:
         """Declare an endpoint: ``ok`` is its success reply, ``errors`` the 4xx it can answer
         beyond the ones every endpoint has (400, 401, 503; 413 with a body)."""
-        content = ok[3] if len(ok) == 4 else "application/json"  # type: ignore[misc]
+        content = ok[3] if len(ok) == 4 else "application/json"
         replies: list[Reply] = [(ok[0], ok[1], ok[2], content), *(extra or [])]
         codes = {400, 503, *errors}
         if auth:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis.asyncio as aioredis
 from aiohttp import web
+from celery import Celery
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tracker.config import TrackerConfig
@@ -18,5 +17,6 @@ ENGINE = web.AppKey("tracker_engine", AsyncEngine)
 REDIS = web.AppKey("tracker_redis", aioredis.Redis)
 #: Writes from the REST API go through the same Recorder/EventBus path as Celery tasks.
 REPORTER = web.AppKey("tracker_reporter", Reporter)
-CELERY_APP = web.AppKey("tracker_celery_app", Any)
+#: The Celery app the gateway was made with (None: no broker actions, such as revoke or re-run).
+CELERY_APP = web.AppKey[Celery | None]("tracker_celery_app")
 GATEWAY_ID = web.AppKey("tracker_gateway_id", str)

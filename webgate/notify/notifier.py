@@ -390,7 +390,7 @@ class Notifier:
         self.stats["stored"] += sum(1 for r in paired if r is not None)
         queue = nt.queue_entries(records, time.time())
         if queue:
-            await self.redis.zadd(self.due_key, queue, nx=True)  # type: ignore[arg-type]
+            await self.redis.zadd(self.due_key, queue, nx=True)
             self.wake()
         return records
 
@@ -538,7 +538,7 @@ class Notifier:
         queue = {nt.due_member(r.id, ch): now for r in rows for ch, st in (r.delivery or {}).items()
                  if isinstance(st, dict) and st.get("status") in ("pending", "retrying") and ch in nt.CHANNELS}
         if queue:
-            added = await self.redis.zadd(self.due_key, queue, nx=True)  # type: ignore[arg-type]
+            added = await self.redis.zadd(self.due_key, queue, nx=True)
             if added:
                 logger.info("notifier: queued %d deliveries that had lost their queue entry", added)
                 self.wake()
