@@ -80,11 +80,7 @@ class EventBus(BackgroundWriter):
         self.tick = 0.05
         #: Longest sleep of an idle sender thread with no control keys to poll.
         self.idle_wait = 1.0
-        self._sleeping = False
         self._idle = False
-        #: A progress event is queued: send it after ``linger``, not at the next tick (set by
-        #: :meth:`progress`, cleared when a send takes the queue).
-        self._urgent = False
         self._queue: deque[Event | _Progress] = deque()
         self._last_progress: dict[str, float] = {}
         self._held: dict[str, _Progress] = {}  # coalesced progress waiting for its slot
@@ -138,14 +134,14 @@ class EventBus(BackgroundWriter):
                 self._last_progress[task_id] = now
                 self._held.pop(task_id, None)
                 self._enqueue(item)
-                # Seen by the sender even when it is busy now and would next wait for a tick:
-                # without it a report landing mid-send waited up to 50 ms (the feed's p99).
-                self._urgent = True
                 wake = True
             else:
                 self._held[task_id] = item
                 wake = False
-        if wake and self._sleeping:
+        if wake:
+            # Always, not only while the sender sleeps: a report landing mid-send would
+            # otherwise wait for the next tick (up to 50 ms, the feed's p99). This runs once per
+            # task per progress_interval, not per call.
             self._wake.set()
 
     def _enqueue(self, event: Event | _Progress) -> None:
@@ -213,7 +209,7 @@ class EventBus(BackgroundWriter):
             elif self._queue:
                 # Lifecycle events gather for up to a tick after the previous send: one pipeline
                 # per tick under load, not one per event or two (a progress report ends the wait).
-                timeout = self.linger if self._urgent else max(self.linger, last_send + self.tick - now)
+                timeout = max(self.linger, last_send + self.tick - now)
             elif self._held:
                 timeout = min(self.tick, self.progress_interval / 2)
             else:
@@ -222,13 +218,11 @@ class EventBus(BackgroundWriter):
                 # tick cost the process it lives in (the worker's dispatching main process).
                 timeout = max(0.0, next_control - now) if polling else self.idle_wait
                 self._idle = True
-            # Publishers set the event only while this thread sleeps (setting it per event costs
-            # more than the event): announce the sleep, then look at the queue once more.
+            # Lifecycle publishers set the event only while this thread is idle (setting it per
+            # event costs more than the event): announce idleness, then look at the queue once more.
             idle = self._idle
-            self._sleeping = True
-            if not ((idle and self._queue) or self._urgent):
+            if not (idle and self._queue):
                 self._wake.wait(timeout)
-            self._sleeping = False
             # Woken from idleness by a publisher (it cleared the flag): gather for a moment
             # (the loop's next wait) instead of sending that one event alone.
             by_publisher = idle and not self._idle
@@ -277,7 +271,6 @@ class EventBus(BackgroundWriter):
         with self._lock:
             seq = self._seq
             batch = list(self._queue)
-            self._urgent = False
         if not batch:
             self._mark_done(seq)
             return
