@@ -16,7 +16,8 @@ import psutil
 import psycopg
 import redis
 
-__all__ = ["tree_cpu", "own_cpu", "children_cpu", "server_processes", "pin", "ledger_ms"]
+__all__ = ["tree_cpu", "own_cpu", "children_cpu", "children_thread_split", "own_thread_split",
+           "server_processes", "pin", "ledger_ms"]
 
 
 def _cpu(p: psutil.Process, reaped: bool = True) -> float:
@@ -48,6 +49,40 @@ def children_cpu(pid: int) -> float:
         except psutil.Error:
             continue
     return total
+
+
+def _thread_split(p: psutil.Process) -> tuple[float, float]:
+    total = _cpu(p)
+    first = next((t.user_time + t.system_time for t in p.threads() if t.id == p.pid), total)
+    return first, total - first
+
+
+def own_thread_split(pid: int) -> tuple[float, float]:
+    """CPU of one process split like :func:`children_thread_split` (main thread, the others)."""
+    try:
+        return _thread_split(psutil.Process(pid))
+    except psutil.Error:
+        return 0.0, 0.0
+
+
+def children_thread_split(pid: int) -> tuple[float, float]:
+    """CPU of the descendants of ``pid``, split into their main threads (where a pool process
+    runs its tasks and the hooks) and every other thread (a tracked process's Recorder and
+    bus writers). A process's total includes threads that have exited; the main thread's
+    figure is its own (Linux: the thread whose id is the pid)."""
+    main = rest = 0.0
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0.0, 0.0
+    for p in kids:
+        try:
+            first, others = _thread_split(p)
+        except psutil.Error:
+            continue
+        main += first
+        rest += others
+    return main, rest
 
 
 def tree_cpu(pid: int) -> float:

@@ -17,7 +17,9 @@ Two variants: every process free on all cores, and the workers pinned alone on C
 everything else (producer, PostgreSQL, Redis, gateway, Flower, this process) on CPU 1.
 
 A CPU ledger in CPU ms per task by process group (producer, worker main process, pool
-processes, PostgreSQL, Redis, gateway or Flower) is taken around each timed part.
+processes, PostgreSQL, Redis, gateway or Flower) is taken around each timed part. The worker's
+processes are split by thread: the main thread (dispatching in the main process, the tasks and
+the hooks in a pool process) and the others (Celery's own, a tracked process's writers).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import redis
 
 from bench.apps import make_app
 from bench.common import Result, Servers
-from bench.cpu import children_cpu, ledger_ms, own_cpu, pin, server_processes, tree_cpu
+from bench.cpu import children_thread_split, ledger_ms, own_cpu, own_thread_split, pin, server_processes, tree_cpu
 from bench.peers import Service, start_flower, start_gateway
 from bench.sizes import size
 from bench.workers import ROOT, BenchWorker
@@ -48,10 +50,18 @@ __all__ = ["run", "GROUPS"]
 
 MODES = ("plain", "tracked", "flower")
 #: Ledger rows, in print order.
-GROUPS = ("producer", "worker main", "pool", "postgres", "redis", "gateway/flower")
+#: "worker main" is the worker main process's main thread (it dispatches every message), "main
+#: threads" its other threads (Celery's own, and a tracked worker's Recorder and bus writers);
+#: "pool tasks" is the pool processes' main threads (tasks and hooks), "pool threads" their other
+#: threads (a tracked process's Recorder and bus writers; none in a plain pool process).
+GROUPS = ("producer", "worker main", "main threads", "pool tasks", "pool threads", "postgres", "redis",
+          "gateway/flower")
 #: Every order of the three kinds; round r uses ORDERS[r % 6].
 ORDERS = list(itertools.permutations(MODES))
 TARGETS = {"2 cores": 0.90, "pinned": 0.95}
+#: Group names as the per-round lines print them.
+_SHORT = {"worker main": "main", "main threads": "main-threads", "pool tasks": "pool", "pool threads": "threads",
+          "gateway/flower": "peer"}
 
 
 @dataclass
@@ -70,7 +80,10 @@ class Rig:
     def snapshot(self, mode: str) -> dict[str, float]:
         w = self.workers[mode].pid
         peer = self.gateway.pid if mode == "tracked" else self.flower.pid if mode == "flower" else None
-        return {"worker main": own_cpu(w), "pool": children_cpu(w), "postgres": tree_cpu(self.postmaster),
+        pool_tasks, pool_threads = children_thread_split(w)
+        main, main_threads = own_thread_split(w)
+        return {"worker main": main, "main threads": main_threads, "pool tasks": pool_tasks,
+                "pool threads": pool_threads, "postgres": tree_cpu(self.postmaster),
                 "redis": own_cpu(self.redis_pid), "gateway/flower": tree_cpu(peer) if peer else 0.0}
 
     def background(self) -> list[int]:
@@ -150,7 +163,7 @@ def _variant(rig: Rig, label: str, n: int, rounds: int) -> tuple[list[Result], d
                 got[mode] = rate
                 rates[mode].append(rate)
                 ledgers[mode].append(ledger)
-                split = " ".join(f"{g.split()[-1]} {ledger[g]:.3f}" for g in GROUPS)
+                split = " ".join(f"{_SHORT.get(g, g)} {ledger[g]:.3f}" for g in GROUPS)
                 print(f"   [{label}] round {r + 1}/{rounds} {mode:8} {rate:7.0f} tasks/s   cpu ms/task: {split}",
                       flush=True)
             for mode in ("tracked", "flower"):
