@@ -26,7 +26,7 @@ __all__ = ["Runtime", "ActiveTask", "runtime_for", "reset", "shutdown_all", "clo
 logger = logging.getLogger("signals.runtime")
 
 
-@dataclass
+@dataclass(slots=True)
 class ActiveTask:
     """What this process knows about a task while it runs."""
 

@@ -20,6 +20,8 @@ from tracker.status import TERMINAL, Status
 __all__ = ["Reporter"]
 
 _LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
+#: Status by value: ``Status(value)`` goes through the enum's metaclass call, in every hook.
+_STATUS_BY_VALUE: dict[str, Status] = {s.value: s for s in Status}
 
 
 class Reporter:
@@ -97,7 +99,7 @@ class Reporter:
         """A status change. Like everything else it is committed at the next group commit
         (within ``flush_interval``): waking the writer per task would cost a round trip each."""
         ts = time.time() if ts is None else ts
-        st = Status(status)
+        st = _STATUS_BY_VALUE.get(status) or Status(status)  # Status() raises the ValueError of a bad one
         if st in TERMINAL:
             fields.setdefault("finished_at", ts)
             fields.setdefault("eta_seconds", 0.0)
