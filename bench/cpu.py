@@ -52,6 +52,8 @@ def children_cpu(pid: int) -> float:
 
 
 def _thread_split(p: psutil.Process) -> tuple[float, float]:
+    """(main thread, the rest) of a process: the rest is its other threads, live or exited, and
+    what it reaped (as in :func:`own_cpu`, so the split adds up to the unsplit figure)."""
     total = _cpu(p)
     first = next((t.user_time + t.system_time for t in p.threads() if t.id == p.pid), total)
     return first, total - first
@@ -68,8 +70,7 @@ def own_thread_split(pid: int) -> tuple[float, float]:
 def children_thread_split(pid: int) -> tuple[float, float]:
     """CPU of the descendants of ``pid``, split into their main threads (where a pool process
     runs its tasks and the hooks) and every other thread (a tracked process's Recorder and
-    bus writers). A process's total includes threads that have exited; the main thread's
-    figure is its own (Linux: the thread whose id is the pid)."""
+    bus writers). The main thread is the one whose id is the pid (Linux)."""
     main = rest = 0.0
     try:
         kids = psutil.Process(pid).children(recursive=True)

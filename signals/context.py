@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import ValidationError
@@ -96,29 +97,12 @@ def _lookup(source: Any, key: str) -> Any:
 
 
 #: The context of a task published outside any ``tracking_context`` (most tasks): one shared,
-#: immutable instance instead of a new frozen dataclass per hook call.
-EMPTY = TrackingContext()
-_KEYS = tuple(HEADER_KEYS.values())
-
-
-def _untracked(source: Any) -> bool:
-    """True for a plain dict (message headers, a request's __dict__) with no tracking key at
-    either level: the common case, answered with a few dict lookups."""
-    if type(source) is not dict:
-        return False
-    nested = source.get("headers")
-    if nested is not None and type(nested) is not dict:
-        return False
-    for key in _KEYS:
-        if key in source or (nested and key in nested):
-            return False
-    return True
+#: immutable instance (its metadata too) instead of a new frozen dataclass per hook call.
+EMPTY = TrackingContext(metadata=MappingProxyType({}))
 
 
 def from_headers(*sources: Any) -> TrackingContext:
     """Read a context from message headers, a request dict or a task request, in order."""
-    if len(sources) == 1 and _untracked(sources[0]):
-        return EMPTY
     found: dict[str, Any] = {}
     for name, key in HEADER_KEYS.items():
         for src in sources:
@@ -126,6 +110,8 @@ def from_headers(*sources: Any) -> TrackingContext:
             if value is not None:
                 found[name] = value
                 break
+    if not found:
+        return EMPTY
     tags = found.get("tags") or ()
     metadata = found.get("metadata") or {}
     user_id = found.get("user_id")

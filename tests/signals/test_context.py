@@ -22,7 +22,7 @@ def test_tracking_keys_are_read_at_either_level(where):
     assert ctx == TrackingContext(user_id="u7", tags=("a", "b"), metadata={"k": 1}, task_type="report")
 
 
-def test_one_key_alone_is_enough_to_leave_the_fast_path():
+def test_one_key_alone_gives_a_context_of_its_own():
     assert from_headers({"headers": {"tracker_task_type": "export"}}).task_type == "export"
     assert from_headers({"tracker_user_id": "u1", "headers": None}).user_id == "u1"
 
