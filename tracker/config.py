@@ -263,12 +263,12 @@ class TrackerConfig(TrackerSettings):
 
     def require_database(self) -> str:
         if not self.database_url:
-            raise ValueError("no database URL: set tracker_database_url or TRACKER_DATABASE_URL")
+            raise ConfigError("no database URL: set tracker_database_url or TRACKER_DATABASE_URL")
         return self.database_url
 
     def require_redis(self) -> str:
         if not self.redis_url:
-            raise ValueError("no Redis URL: set tracker_redis_url or TRACKER_REDIS_URL")
+            raise ConfigError("no Redis URL: set tracker_redis_url or TRACKER_REDIS_URL")
         return self.redis_url
 
     @property

@@ -6,7 +6,6 @@ from __future__ import annotations
 import click
 
 from tracker.cli.root import celery_app_from_ctx, config_from_ctx
-from tracker.config import ConfigError
 
 __all__ = ["gateway", "token"]
 
@@ -39,10 +38,9 @@ def gateway(ctx: click.Context, host: str, port: int, no_migrate: bool) -> None:
         raise click.ClickException(f"notification settings: {exc}") from None
     if not no_migrate:
         upgrade(config.require_database())
-    try:
-        run_gateway(config, host, port, celery_app=app)
-    except ConfigError as exc:  # a bad TRACKER_FEED_* setting: found while building the app, before serving
-        raise click.ClickException(str(exc)) from None
+    # A bad TRACKER_FEED_* setting is a ConfigError, found while building the app before serving:
+    # the command group turns it into an error line.
+    run_gateway(config, host, port, celery_app=app)
 
 
 @click.command()

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from tracker.config import ConfigError
+
 __all__ = ["ENTRY_POINT_GROUP", "PluginGroup"]
 
 ENTRY_POINT_GROUP = "tracker.commands"
@@ -44,6 +46,14 @@ class PluginGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         self._load_plugins()
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # A missing or invalid setting (a database or Redis URL, a TRACKER_* value) is the user's
+        # to fix: one "Error: ..." line and exit 1 from every command, never a traceback.
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def _broken(name: str, reason: str) -> click.Command:

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from tracker.cli.plugins import PluginGroup
-from tracker.config import ConfigError, TrackerConfig
+from tracker.config import TrackerConfig
 
 __all__ = ["main", "config_from_ctx", "tracker_from_ctx", "celery_app_from_ctx"]
 
@@ -51,12 +51,10 @@ def celery_app_from_ctx(ctx: click.Context) -> Any:
 
 
 def config_from_ctx(ctx: click.Context) -> TrackerConfig:
-    """The settings of the ``--app`` Celery app, else of the environment; a bad one is a usage error."""
+    """The settings of the ``--app`` Celery app, else of the environment (a bad one raises
+    ConfigError, which the command group turns into an error line)."""
     app = celery_app_from_ctx(ctx)
-    try:
-        return TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    return TrackerConfig.from_celery(app) if app is not None else TrackerConfig.from_env()
 
 
 def tracker_from_ctx(ctx: click.Context) -> Any:
