@@ -24,7 +24,7 @@
   const state = {
     token: null, user: null, client: null, everOpen: false,
     tasks: new Map(), rows: new Map(), selected: null, logCount: 0,
-    notifications: [], unread: 0, chartsLoaded: false, chartTimer: null, snapshots: 0, bellTimer: null,
+    notifications: [], unread: 0, chartsLoaded: false, chartTimer: null, snapshots: 0, bellTimer: null, bellSeq: 0,
   };
 
   // -- small helpers -----------------------------------------------------------------------------------
@@ -501,8 +501,12 @@
 
   // -- notifications ---------------------------------------------------------------------------------------
   async function loadNotifications() {
+    const seq = ++state.bellSeq;
     try {
       const [page, stats] = await Promise.all([api("GET", "/notifications?limit=30"), api("GET", "/notifications/stats")]);
+      // A read started before a later one, or before a notification was marked read here, may
+      // answer after it: its count would undo the newer state.
+      if (seq !== state.bellSeq) return;
       state.notifications = page.items;
       state.unread = stats.unread;
       renderBell();
@@ -547,9 +551,12 @@
     if (n.is_read) return;
     try {
       const updated = await api("PATCH", `/notifications/${n.id}/read`);
+      state.bellSeq += 1;  // a read still in flight was answered before this change
       Object.assign(n, updated);
       state.unread = Math.max(0, state.unread - 1);
       renderBell();
+      clearTimeout(state.bellTimer);  // then the store's own view, read after the change
+      state.bellTimer = setTimeout(loadNotifications, 300);
     } catch (err) {
       toast("Could not mark it read: " + err.message, true);
     }
