@@ -10,7 +10,9 @@ writer retries with backoff; what the bound had to drop is counted and reported.
 from __future__ import annotations
 
 import array
+import json
 import logging
+import math
 import struct
 import sys
 import time
@@ -50,39 +52,55 @@ _INSERT = TASK_INSERT.sql
 _JSON_TEXT_FIELDS = TASK_COLUMNS.json
 _FLOAT_FIELDS = TASK_COLUMNS.floats
 _INT_FIELDS = TASK_COLUMNS.ints
+_KNOWN = frozenset(TASK_FIELDS)
 
 
-def _task_columns(ids: list[str], tasks: dict[str, dict[str, Any]]) -> list[list[Any]]:
-    """Column arrays (task_id first, then :data:`TASK_FIELDS`) for :data:`_UPDATE`."""
-    columns: list[list[Any]] = [ids]
-    states = [tasks[i] for i in ids]
-    for f in TASK_FIELDS:
-        if f in _JSON_TEXT_FIELDS:
-            columns.append([None if (v := st.get(f)) is None else v if isinstance(v, RawJSON) else dumps(v)
-                            for st in states])
-        elif f in _FLOAT_FIELDS:
-            # One Python type per array: psycopg adapts a list by its elements' type.
-            columns.append([None if (v := st.get(f)) is None else float(v) for st in states])
-        elif f in _INT_FIELDS:
-            columns.append([None if (v := st.get(f)) is None else int(v) for st in states])
-        else:
-            columns.append([_clean(v) if isinstance(v := st.get(f), str) else v for st in states])
-    return columns
+#: The encoder of a batch's rows. ``allow_nan=False``: PostgreSQL's JSON has no NaN or
+#: Infinity, so a batch holding one is encoded again by :func:`_finite` rather than rejected.
+_ENCODE_ROWS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def _subset(columns: list[list[Any]], keep: list[int]) -> list[list[Any]]:
-    return [[col[k] for k in keep] for col in columns]
+def _task_rows(ids: list[str], tasks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON object per task (``task_id`` and the fields it reports) for :data:`_UPDATE`."""
+    rows: list[dict[str, Any]] = []
+    for task_id in ids:
+        row: dict[str, Any] = {"task_id": task_id}
+        for f, v in tasks[task_id].items():
+            if v is None or f not in _KNOWN:
+                continue
+            if f in _JSON_TEXT_FIELDS:
+                row[f] = v if isinstance(v, RawJSON) else dumps(v)
+            elif f in _FLOAT_FIELDS:
+                row[f] = float(v)
+            elif f in _INT_FIELDS:
+                row[f] = int(v)
+            else:
+                row[f] = _clean(v) if isinstance(v, str) else str(v)
+        rows.append(row)
+    return rows
 
 
-def _apply(cur: psycopg.Cursor[Any], statement: str, columns: list[list[Any]]) -> list[list[Any]] | None:
-    """Run :data:`_UPDATE` or :data:`_INSERT` on column arrays; the columns of the rows it did
-    not touch (by the ids it returns), or None when it touched them all."""
-    cur.execute(statement, columns)
+def _finite(value: float) -> float | str:
+    # float8 reads these spellings from a JSON string.
+    return value if math.isfinite(value) else repr(value).replace("inf", "Infinity").replace("nan", "NaN")
+
+
+def _encode_rows(rows: list[dict[str, Any]]) -> str:
+    try:
+        return _ENCODE_ROWS(rows)
+    except ValueError:  # a NaN or an infinity somewhere (rare): spell them as strings
+        return _ENCODE_ROWS([{k: _finite(v) if isinstance(v, float) else v for k, v in row.items()}
+                             for row in rows])
+
+
+def _apply(cur: psycopg.Cursor[Any], statement: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Run :data:`_UPDATE` or :data:`_INSERT` on ``rows``; the rows it did not touch (by the ids
+    it returns), or None when it touched them all."""
+    cur.execute(statement, (_encode_rows(rows),))
     touched = {r[0] for r in cur.fetchall()}
-    ids = columns[0]
-    if len(touched) == len(ids):
+    if len(touched) == len(rows):
         return None
-    return columns if not touched else _subset(columns, [k for k, i in enumerate(ids) if i not in touched])
+    return rows if not touched else [row for row in rows if row["task_id"] not in touched]
 
 
 def _write_tasks(cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]]) -> None:
@@ -94,18 +112,18 @@ def _write_tasks(cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]]) -> 
     is updated last (``ON CONFLICT`` waited for that writer's commit), so nothing is lost.
     """
     ids = list(tasks)
-    columns = _task_columns(ids, tasks)
+    rows = _task_rows(ids, tasks)
     first = tasks[ids[0]]
     if first.get("status_ts") == 0.0 and first.get("published_at") is not None:
-        rest = _apply(cur, _INSERT, columns)
+        rest = _apply(cur, _INSERT, rows)
         if rest is not None:
-            cur.execute(_UPDATE, rest)
+            cur.execute(_UPDATE, (_encode_rows(rest),))
         return
-    rest = _apply(cur, _UPDATE, columns)
+    rest = _apply(cur, _UPDATE, rows)
     if rest is not None:
         rest = _apply(cur, _INSERT, rest)
         if rest is not None:
-            cur.execute(_UPDATE, rest)
+            cur.execute(_UPDATE, (_encode_rows(rest),))
 
 
 class Float8Array(list[float]):

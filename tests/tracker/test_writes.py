@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import uuid
 from typing import Any
 
@@ -27,8 +28,11 @@ def _copy(table: Any, name: str, *extra: Column[Any]) -> Table:
 def test_task_fields_are_the_task_table_columns() -> None:
     table = Task.__table__
     assert set(writes.TASK_FIELDS) == {c.name for c in table.c} - {"task_id", "created_at"}
-    assert writes.TASK_UPDATE.order == tuple(f"p_{n}" for n in ("task_id", *writes.TASK_FIELDS))
-    assert writes.TASK_INSERT.order == writes.TASK_UPDATE.order
+    # One parameter, the batch's JSON rows, whose record type lists every column but created_at.
+    assert writes.TASK_UPDATE.order == writes.TASK_INSERT.order == ("p_rows",)
+    for statement in (writes.TASK_UPDATE, writes.TASK_INSERT):
+        assert "json_to_recordset(CAST(%s AS JSON)) AS u(task_id TEXT, " in statement.sql
+        assert all(f" {name} " in statement.sql.split("AS u(", 1)[1] for name in writes.TASK_FIELDS)
     assert not writes.TASK_UPDATE.constants and not writes.TASK_INSERT.constants
 
 
@@ -39,7 +43,9 @@ def test_a_column_added_to_the_table_reaches_the_task_statements() -> None:
     assert kinds.fields[-3:] == ("attempts_left", "labels", "paused_at")
     assert "attempts_left" in kinds.ints and "labels" in kinds.json and "paused_at" in kinds.timestamps
     update, insert = writes.task_update(copy), writes.task_insert(copy)
-    assert update.order[-3:] == insert.order[-3:] == ("p_attempts_left", "p_labels", "p_paused_at")
+    # The record type of the JSON rows: JSON as text, timestamps as epoch seconds.
+    for statement in (update, insert):
+        assert "attempts_left INTEGER, labels TEXT, paused_at DOUBLE PRECISION)" in statement.sql
     assert "UPDATE tracker_tasks_copy AS t" in update.sql
     assert "attempts_left=coalesce(u.attempts_left, t.attempts_left)" in update.sql
     assert "labels=coalesce(CAST(u.labels AS JSONB), t.labels)" in update.sql
@@ -66,12 +72,10 @@ def test_the_recorder_rows_have_the_tables_layout() -> None:
         assert tuple(inspect.signature(method).parameters)[1:] == columns
 
 
-def _arrays(kinds: writes.TaskColumns, states: dict[str, dict[str, Any]]) -> list[list[Any]]:
-    columns: list[list[Any]] = [list(states)]
-    for name in kinds.fields:
-        values = [s.get(name) for s in states.values()]
-        columns.append([None if v is None else json.dumps(v) if name in kinds.json else v for v in values])
-    return columns
+def _rows(kinds: writes.TaskColumns, states: dict[str, dict[str, Any]]) -> tuple[str]:
+    """The statements' one parameter: a JSON array of rows, JSON columns as JSON text."""
+    return (json.dumps([{"task_id": task_id, **{k: json.dumps(v) if k in kinds.json else v for k, v in st.items()}}
+                        for task_id, st in states.items()]),)
 
 
 def test_the_statements_of_a_table_copy_write_its_new_columns(sql: Any) -> None:
@@ -81,11 +85,11 @@ def test_the_statements_of_a_table_copy_write_its_new_columns(sql: Any) -> None:
     copy = _copy(Task.__table__, name, Column("attempts_left", Integer, server_default="3"), Column("labels", JSONB))
     kinds = writes.task_columns(copy)
     with sql.cursor() as cur:
-        cur.execute(writes.task_insert(copy).sql, _arrays(kinds, {
+        cur.execute(writes.task_insert(copy).sql, _rows(kinds, {
             "a": {"status": "pending", "status_ts": 0.0, "labels": {"team": "x"}, "tags": ["t1"]},
             "b": {"status": "pending", "status_ts": 0.0, "attempts_left": 1}}))
         assert sorted(r[0] for r in cur.fetchall()) == ["a", "b"]
-        cur.execute(writes.task_update(copy).sql, _arrays(kinds, {
+        cur.execute(writes.task_update(copy).sql, _rows(kinds, {
             "a": {"status": "running", "status_ts": 5.0, "attempts_left": 2, "metadata": {"k": 1}},
             "b": {"status": "completed", "status_ts": 9.0}}))
         assert sorted(r[0] for r in cur.fetchall()) == ["a", "b"]
@@ -102,3 +106,31 @@ def test_a_hot_statement_binding_more_than_its_inputs_is_refused_at_compile_time
         writes.compile_for_psycopg(stray, ["p_id"])
     compiled = writes.compile_for_psycopg(stray, ["p_id"], constants=True)
     assert compiled.args(p_id="x") == ("x", "running")
+
+
+def test_the_recorder_writes_a_batch_through_its_json_rows(sql: Any) -> None:
+    # What the Recorder puts in the batch's JSON: pre-encoded JSON as is, other JSON encoded, NULs
+    # out of text, non-finite floats spelled so float8 reads them; a missing field keeps the stored
+    # value, and a field no column has is left out.
+    from tracker.events import RawJSON
+    from tracker.recorder import _write_tasks
+
+    a, b = f"a-{uuid.uuid4().hex}", f"b-{uuid.uuid4().hex}"
+    with sql.cursor() as cur:
+        _write_tasks(cur, {
+            a: {"status": "pending", "status_ts": 0.0, "published_at": 100.0, "args": RawJSON("[1,\"x\"]"),
+                "kwargs": RawJSON("{}"), "tags": ["t1", "t2"], "metadata": {"k": "é"}, "queue": "q"},
+            b: {"status": "pending", "status_ts": 0.0, "published_at": 100.0, "name": "n\x00m", "no_such_column": 1}})
+        _write_tasks(cur, {
+            a: {"status": "running", "status_ts": 5.0, "eta_seconds": float("inf"), "worker_pid": 7.0,
+                "current_step": "s\x00"},
+            b: {"status": "completed", "status_ts": 9.0, "result": {"ok": True}, "eta_seconds": float("nan")}})
+        rows = cur.execute(
+            "SELECT task_id, status, args, kwargs, tags, metadata, queue, name, eta_seconds, worker_pid, current_step, "
+            "result, extract(epoch FROM published_at) FROM tracker_tasks WHERE task_id = ANY(%s) ORDER BY task_id",
+            ([a, b],)).fetchall()
+    assert rows[0] == (a, "running", [1, "x"], {}, ["t1", "t2"], {"k": "é"}, "q", None, float("inf"), 7, "s\ufffd",
+                       None, 100)
+    task_id, status, *_, name, eta, _, _, result, _ = rows[1]
+    assert (task_id, status, name, result) == (b, "completed", "n\ufffdm", {"ok": True})
+    assert math.isnan(eta)
