@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,20 +88,27 @@ def _field(fields: dict[Any, Any], name: str, raw: bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def decode(entry_id: Any, fields: dict[Any, Any]) -> Event:
+def decode(entry_id: Any, fields: dict[Any, Any], *,
+           wants_data: Callable[[str, str], bool] | None = None) -> Event:
     """Rebuild an :class:`Event` from a stream entry (bytes or str keys).
 
     Every gateway runs this for every entry of the stream: it reads the five fields it needs by
     key (bytes first, as redis-py returns them) instead of decoding the whole entry into a new
     dict first (about a quarter less time per entry; JSON parsing is most of the rest).
+    ``wants_data(type, data_text)`` False leaves ``data`` empty without parsing it (a reader
+    that only routes the entry, such as the feed while nobody subscribes).
     """
     data_text = _field(fields, "data", b"data")
-    try:
-        data = json.loads(data_text or "{}")
-    except ValueError:
-        data = {"raw": data_text}
+    event_type = _field(fields, "type", b"type")
+    if wants_data is not None and not wants_data(event_type, data_text):
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(data_text or "{}")
+        except ValueError:
+            data = {"raw": data_text}
     return Event(
-        type=_field(fields, "type", b"type"),
+        type=event_type,
         task_id=_field(fields, "task_id", b"task_id") or None,
         user_id=_field(fields, "user_id", b"user_id") or None,
         ts=float(_field(fields, "ts", b"ts") or 0.0),

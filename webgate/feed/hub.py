@@ -243,6 +243,11 @@ class Hub:
         return [(tid, uid) for tid, (uid, gid) in self.recent.items() if gid == group_id]
 
     # -- routing -------------------------------------------------------------------------------------
+    def routing_data(self, event_type: str, data_text: str) -> bool:
+        """Whether routing an event needs its data while nobody subscribes: only :meth:`_learn`
+        reads it then, and only a start event's ``group_id`` (most carry none)."""
+        return event_type in _STARTS and '"group_id"' in data_text
+
     def _learn(self, ev: Event) -> None:
         task_id = ev.task_id
         if task_id is None or ev.type not in _STARTS:

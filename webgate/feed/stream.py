@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -42,13 +42,14 @@ async def tail_id(client: aioredis.Redis, key: str) -> str:
     return _s(info["last-generated-id"])
 
 
-def _decode_all(entries: list[Any]) -> tuple[list[Event], str | None]:
+def _decode_all(entries: list[Any], wants_data: Callable[[str, str], bool] | None = None
+                ) -> tuple[list[Event], str | None]:
     events: list[Event] = []
     last: str | None = None
     for entry_id, fields in entries:
         last = _s(entry_id)
         try:
-            events.append(decode(last, fields))
+            events.append(decode(last, fields, wants_data=wants_data))
         except (ValueError, TypeError, UnicodeDecodeError):
             logger.warning("feed: skipping malformed stream entry %s", last)
     return events, last
@@ -120,7 +121,9 @@ class StreamReader:
             read = 0
             for _name, entries in resp or ():
                 read += len(entries)
-                events, last = _decode_all(entries)
+                # Nobody subscribed: route without parsing data no one reads (no await between
+                # this and route(), so no subscriber can arrive in between).
+                events, last = _decode_all(entries, None if hub.topics else hub.routing_data)
                 if last is not None:
                     hub.last_id = last
                 try:
