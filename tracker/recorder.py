@@ -55,8 +55,9 @@ _INT_FIELDS = TASK_COLUMNS.ints
 _KNOWN = frozenset(TASK_FIELDS)
 
 
-#: The encoder of a batch's rows. ``allow_nan=False``: PostgreSQL's JSON has no NaN or
-#: Infinity, so a batch holding one is encoded again by :func:`_finite` rather than rejected.
+#: The encoder of a batch's rows. ``allow_nan=False``: JSON has no NaN or Infinity, and neither
+#: can the REST API, the feed or the dashboard show one; a batch holding one is encoded again by
+#: :func:`_encode_rows` without it.
 _ENCODE_ROWS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
@@ -80,16 +81,13 @@ def _task_rows(ids: list[str], tasks: dict[str, dict[str, Any]]) -> list[dict[st
     return rows
 
 
-def _finite(value: float) -> float | str:
-    # float8 reads these spellings from a JSON string.
-    return value if math.isfinite(value) else repr(value).replace("inf", "Infinity").replace("nan", "NaN")
-
-
 def _encode_rows(rows: list[dict[str, Any]]) -> str:
     try:
         return _ENCODE_ROWS(rows)
-    except ValueError:  # a NaN or an infinity somewhere (rare): spell them as strings
-        return _ENCODE_ROWS([{k: _finite(v) if isinstance(v, float) else v for k, v in row.items()}
+    except ValueError:
+        # A NaN or an infinity (rare: the public calls validate their numbers) is "not reported":
+        # stored, it would break every reader that shows the row (a snapshot of all tasks included).
+        return _ENCODE_ROWS([{k: v for k, v in row.items() if not isinstance(v, float) or math.isfinite(v)}
                              for row in rows])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import uuid
 from typing import Any
 
@@ -110,8 +109,8 @@ def test_a_hot_statement_binding_more_than_its_inputs_is_refused_at_compile_time
 
 def test_the_recorder_writes_a_batch_through_its_json_rows(sql: Any) -> None:
     # What the Recorder puts in the batch's JSON: pre-encoded JSON as is, other JSON encoded, NULs
-    # out of text, non-finite floats spelled so float8 reads them; a missing field keeps the stored
-    # value, and a field no column has is left out.
+    # out of text, a non-finite float left out (not reported: the stored value stays); a missing
+    # field keeps the stored value, and a field no column has is left out.
     from tracker.events import RawJSON
     from tracker.recorder import _write_tasks
 
@@ -123,14 +122,17 @@ def test_the_recorder_writes_a_batch_through_its_json_rows(sql: Any) -> None:
             b: {"status": "pending", "status_ts": 0.0, "published_at": 100.0, "name": "n\x00m", "no_such_column": 1}})
         _write_tasks(cur, {
             a: {"status": "running", "status_ts": 5.0, "eta_seconds": float("inf"), "worker_pid": 7.0,
-                "current_step": "s\x00"},
-            b: {"status": "completed", "status_ts": 9.0, "result": {"ok": True}, "eta_seconds": float("nan")}})
+                "current_step": "s\x00", "progress": 40.0},
+            b: {"status": "completed", "status_ts": 9.0, "result": {"ok": True}, "eta_seconds": float("nan"),
+                "run_time": float("-inf")}})
+        _write_tasks(cur, {a: {"eta_seconds": 12.5}, b: {"eta_seconds": float("nan")}})
         rows = cur.execute(
             "SELECT task_id, status, args, kwargs, tags, metadata, queue, name, eta_seconds, worker_pid, current_step, "
-            "result, extract(epoch FROM published_at) FROM tracker_tasks WHERE task_id = ANY(%s) ORDER BY task_id",
+            "result, extract(epoch FROM published_at), progress, run_time FROM tracker_tasks "
+            "WHERE task_id = ANY(%s) ORDER BY task_id",
             ([a, b],)).fetchall()
-    assert rows[0] == (a, "running", [1, "x"], {}, ["t1", "t2"], {"k": "é"}, "q", None, float("inf"), 7, "s\ufffd",
-                       None, 100)
-    task_id, status, *_, name, eta, _, _, result, _ = rows[1]
-    assert (task_id, status, name, result) == (b, "completed", "n\ufffdm", {"ok": True})
-    assert math.isnan(eta)
+    # The same batch's finite values are written; the later finite eta replaces the missing one.
+    assert rows[0] == (a, "running", [1, "x"], {}, ["t1", "t2"], {"k": "é"}, "q", None, 12.5, 7, "s\ufffd",
+                       None, 100, 40.0, None)
+    task_id, status, *_, name, eta, _, _, result, _, _, run_time = rows[1]
+    assert (task_id, status, name, result, eta, run_time) == (b, "completed", "n\ufffdm", {"ok": True}, None, None)
