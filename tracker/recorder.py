@@ -62,7 +62,8 @@ _ENCODE_ROWS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow
 
 
 def _task_rows(ids: list[str], tasks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One JSON object per task (``task_id`` and the fields it reports) for :data:`_UPDATE`."""
+    """One JSON object per task (``task_id`` and the fields it reports) for :data:`_UPDATE`
+    and :data:`_INSERT`."""
     rows: list[dict[str, Any]] = []
     for task_id in ids:
         row: dict[str, Any] = {"task_id": task_id}
@@ -115,13 +116,13 @@ def _write_tasks(cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]]) -> 
     if first.get("status_ts") == 0.0 and first.get("published_at") is not None:
         rest = _apply(cur, _INSERT, rows)
         if rest is not None:
-            cur.execute(_UPDATE, (_encode_rows(rest),))
+            _apply(cur, _UPDATE, rest)
         return
     rest = _apply(cur, _UPDATE, rows)
     if rest is not None:
         rest = _apply(cur, _INSERT, rest)
         if rest is not None:
-            cur.execute(_UPDATE, (_encode_rows(rest),))
+            _apply(cur, _UPDATE, rest)
 
 
 class Float8Array(list[float]):
