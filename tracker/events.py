@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +23,36 @@ class RawJSON(str):
 
 
 #: One encoder for every call: ``json.dumps`` with non-default options builds a new
-#: ``JSONEncoder`` per call, which was a third of encoding a small event.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), default=repr, ensure_ascii=False).encode
+#: ``JSONEncoder`` per call, which was a third of encoding a small event. ``allow_nan=False``:
+#: NaN and Infinity are not JSON; a browser's ``JSON.parse`` rejects the whole frame that holds one.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=repr, ensure_ascii=False, allow_nan=False).encode
+
+
+def _finite(value: Any, path: frozenset[int] = frozenset()) -> Any:
+    """``value`` with every NaN or infinite float as ``None`` (a value "not known", as JSON says it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (dict, list, tuple)):
+        if id(value) in path:
+            return "[circular]"
+        inner = path | {id(value)}
+        if isinstance(value, dict):
+            return {k if not isinstance(k, float) else repr(k): _finite(v, inner) for k, v in value.items()}
+        return [_finite(v, inner) for v in value]
+    return value
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON that never fails on odd objects (they are shown with ``repr``)."""
-    return _ENCODE(value)
+    """Compact, strict JSON that never fails on odd objects (they are shown with ``repr``): a
+    NaN or infinite float anywhere in ``value`` is written as ``null``.
+
+    The first attempt is the plain C encoder; only a value that holds a non-finite float (or a
+    cycle) pays for the cleaning pass.
+    """
+    try:
+        return _ENCODE(value)
+    except ValueError:
+        return _ENCODE(_finite(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +81,7 @@ class Event:
 def entry_fields(event: Event) -> tuple[str, ...]:
     """The stream entry of ``event`` as flat name, value pairs: the one definition of its layout."""
     return ("v", _VERSION, "type", event.type, "task_id", event.task_id or "", "user_id", event.user_id or "",
-            "ts", repr(event.ts), "data", _ENCODE(event.data))
+            "ts", repr(event.ts), "data", dumps(event.data))
 
 
 def encode(event: Event) -> dict[str, str]:

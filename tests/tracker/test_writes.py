@@ -136,3 +136,30 @@ def test_the_recorder_writes_a_batch_through_its_json_rows(sql: Any) -> None:
                        None, 100, 40.0, None)
     task_id, status, *_, name, eta, _, _, result, _, _, run_time = rows[1]
     assert (task_id, status, name, result, eta, run_time) == (b, "completed", "n\ufffdm", {"ok": True}, None, None)
+
+
+def test_a_non_finite_float_in_a_log_or_metric_does_not_cost_its_batch(sql: Any, database_url: str) -> None:
+    # JSON has no NaN: one such value in a log's context once made PostgreSQL reject the COPY of
+    # every log of the batch. Now it is stored as null and its neighbours are written with it.
+    tag = uuid.uuid4().hex[:8]
+    task = f"nan-{tag}"
+    recorder = Recorder(database_url, flush_interval=0.05)
+    try:
+        for i in range(5):
+            context = {"i": i, "ratio": float("nan") if i == 2 else i / 2, "bounds": [0.0, float("inf")]}
+            recorder.log(task, 1_000.0 + i, 20, "INFO", f"line {i}", context=context,
+                         attachments=[{"score": float("-inf")}] if i == 3 else None)
+            recorder.metric(f"nan.metric.{tag}", float(i), labels={"limit": float("inf"), "i": i}, task_id=task)
+        assert recorder.flush(10)
+        assert recorder.dropped["logs"] == 0 and recorder.dropped["metrics"] == 0
+    finally:
+        recorder.close()
+    logs = sql.execute("SELECT message, context, attachments FROM tracker_logs WHERE task_id = %s ORDER BY ts",
+                       (task,)).fetchall()
+    assert [m for m, _, _ in logs] == [f"line {i}" for i in range(5)]
+    assert logs[2][1] == {"i": 2, "ratio": None, "bounds": [0.0, None]}
+    assert logs[1][1] == {"i": 1, "ratio": 0.5, "bounds": [0.0, None]}
+    assert logs[3][2] == [{"score": None}]
+    labels = sql.execute("SELECT labels FROM tracker_metrics WHERE name = %s ORDER BY value",
+                         (f"nan.metric.{tag}",)).fetchall()
+    assert [r[0] for r in labels] == [{"limit": None, "i": i} for i in range(5)]

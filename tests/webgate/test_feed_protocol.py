@@ -100,6 +100,37 @@ async def test_user_topic_gets_own_events_in_order_and_not_others(feed_gateway, 
     assert set(frames[0]) == {"type", "id", "event", "task_id", "user_id", "ts", "data"}
 
 
+def strict_json(raw: str | bytes) -> dict:
+    """A frame as a browser's ``JSON.parse`` reads it: NaN and Infinity are not JSON."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"frame holds {token}, which is not JSON")
+    return json.loads(raw, parse_constant=refuse)
+
+
+async def test_non_finite_values_reach_clients_as_null_not_as_invalid_json(feed_gateway, publisher, tracker, sql):
+    # Rows and entries with a NaN or an infinity (written by other means than this version's
+    # Recorder and bus) must not break a client's frames: the dashboard parses them strictly.
+    gw = await feed_gateway()
+    me = uid()
+    task = "t-" + me
+    tracker.create_task(task, user_id=me)
+    tracker.flush()
+    sql.execute("UPDATE tracker_tasks SET eta_seconds = 'NaN' WHERE task_id = %s", (task,))
+    async with ws_connect(gw.url(me)) as ws:
+        await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}"}))
+        snap = strict_json(await asyncio.wait_for(ws.recv(), 10))
+        assert snap["type"] == "snapshot" and [t["task_id"] for t in snap["tasks"]] == [task]
+        assert snap["tasks"][0]["eta_seconds"] is None
+        foreign = publisher.client.xadd(publisher.key, {
+            "v": "1", "type": "task.progress", "task_id": task, "user_id": me, "ts": repr(time.time()),
+            "data": '{"progress": 40.0, "eta_seconds": Infinity, "rate": NaN}'}).decode()
+        ours = publisher.publish("task.progress", task, me, {"progress": 50.0, "eta_seconds": float("nan")})
+        frames = [strict_json(await asyncio.wait_for(ws.recv(), 10)) for _ in range(2)]
+    assert [f["id"] for f in frames] == [foreign, ours]
+    assert frames[0]["data"] == {"progress": 40.0, "eta_seconds": None, "rate": None}
+    assert frames[1]["data"] == {"progress": 50.0, "eta_seconds": None}
+
+
 async def test_event_on_two_matching_topics_is_sent_once_and_unsubscribe_stops(feed_gateway, publisher, tracker):
     gw = await feed_gateway()
     me = uid()

@@ -1,0 +1,52 @@
+"""The stream's and the feed's JSON: strict (no NaN or Infinity), whatever a task reported."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tracker.events import Event, decode, dumps, encode
+
+
+def strict(text: str) -> Any:
+    """``json.loads`` as a browser's ``JSON.parse`` reads: NaN, Infinity and -Infinity are errors."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_floats_are_written_as_null_at_any_depth() -> None:
+    value = {"eta": float("inf"), "steps": [1.5, float("nan"), {"deep": (float("-inf"), 2)}], "ok": 3.0,
+             float("nan"): "key", "text": "NaN"}
+    out = strict(dumps(value))
+    assert out == {"eta": None, "steps": [1.5, None, {"deep": [None, 2]}], "ok": 3.0, "nan": "key", "text": "NaN"}
+
+
+def test_finite_values_and_odd_objects_encode_as_before() -> None:
+    class Odd:
+        def __repr__(self) -> str:
+            return "<odd>"
+
+    value = {"a": [1, 2.5, None, True], "b": "é", "c": Odd()}
+    assert dumps(value) == '{"a":[1,2.5,null,true],"b":"é","c":"<odd>"}'
+
+
+def test_a_cycle_is_cut_instead_of_failing() -> None:
+    loop: list[Any] = [float("nan")]
+    loop.append(loop)
+    assert strict(dumps({"x": loop})) == {"x": [None, "[circular]"]}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_stream_entry_holds_strict_json_and_reads_back(bad: float) -> None:
+    fields = encode(Event("task.progress", "t1", "u1", 12.5, {"progress": 10.0, "eta_seconds": bad}))
+    assert strict(fields["data"]) == {"progress": 10.0, "eta_seconds": None}
+    ev = decode("1-0", {k.encode(): v.encode() for k, v in fields.items()})
+    assert ev.data == {"progress": 10.0, "eta_seconds": None}
+    # An entry another writer left with a NaN still becomes a strict frame.
+    foreign = decode("2-0", {b"type": b"task.progress", b"task_id": b"t1", b"ts": b"nan",
+                             b"data": b'{"eta_seconds": NaN, "progress": 5}'})
+    frame = strict(dumps(foreign.to_frame()))
+    assert frame["ts"] is None and frame["data"] == {"eta_seconds": None, "progress": 5}
