@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from tracker.arguments import new_task
 from tracker.bus import EventBus
 from tracker.config import TrackerConfig, sqlalchemy_url
 from tracker.events import Event, decode
+from tracker.jsonsafe import dumps as strict_dumps
 from tracker.recorder import Recorder
 from tracker.records import (
     GroupProgress,
@@ -487,11 +487,11 @@ class ExportEncoder:
             writer = csv.writer(buf)
             for rec in records:
                 d = rec.to_dict()
-                writer.writerow([csv_cell(json.dumps(d[f]) if isinstance(d[f], (dict, list))
+                writer.writerow([csv_cell(strict_dumps(d[f], compact=False) if isinstance(d[f], (dict, list))
                                           else ("" if d[f] is None else d[f])) for f in EXPORT_FIELDS])
         else:
             for rec in records:
-                buf.write(("" if self._first else ",\n") + json.dumps(rec.to_dict(), default=str))
+                buf.write(("" if self._first else ",\n") + strict_dumps(rec.to_dict(), compact=False))
                 self._first = False
         return buf.getvalue()
 

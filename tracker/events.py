@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracker.jsonsafe import jsonable
 from tracker.vocabulary import EVENT_TYPES, STATUS_EVENTS, TERMINAL_EVENTS
 
 __all__ = ["SCHEMA_VERSION", "EVENT_TYPES", "TERMINAL_EVENTS", "STATUS_EVENTS", "Event", "encode", "decode", "dumps",
@@ -28,20 +28,6 @@ class RawJSON(str):
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=repr, ensure_ascii=False, allow_nan=False).encode
 
 
-def _finite(value: Any, path: frozenset[int] = frozenset()) -> Any:
-    """``value`` with every NaN or infinite float as ``None`` (a value "not known", as JSON says it)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (dict, list, tuple)):
-        if id(value) in path:
-            return "[circular]"
-        inner = path | {id(value)}
-        if isinstance(value, dict):
-            return {k if not isinstance(k, float) else repr(k): _finite(v, inner) for k, v in value.items()}
-        return [_finite(v, inner) for v in value]
-    return value
-
-
 def dumps(value: Any) -> str:
     """Compact, strict JSON that never fails on odd objects (they are shown with ``repr``): a
     NaN or infinite float anywhere in ``value`` is written as ``null``.
@@ -52,7 +38,7 @@ def dumps(value: Any) -> str:
     try:
         return _ENCODE(value)
     except ValueError:
-        return _ENCODE(_finite(value))
+        return _ENCODE(jsonable(value))
 
 
 @dataclass(frozen=True, slots=True)

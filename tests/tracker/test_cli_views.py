@@ -194,3 +194,31 @@ def test_watch_in_a_terminal_shows_the_bar_reaching_100(tracked_app, worker, tra
     assert 100 in percents and 0 in percents, text[-2000:]
     assert len(percents) >= 4, percents  # it moved through intermediate values on its way
     assert "completed" in text and "step 25" in text
+
+
+def test_json_output_stays_strict_with_a_nan_in_the_store(runner, user_tasks, sql, tmp_path):
+    # A value JSON cannot hold (stored by other means than the Recorder) is null in the CLI's
+    # JSON and in exports, which other programs parse.
+    user, running, _, _ = user_tasks
+    sql.execute("UPDATE tracker_tasks SET eta_seconds = 'NaN' WHERE task_id = %s", (running,))
+    try:
+        _check_strict_json(runner, user, running, tmp_path)
+    finally:  # other tests share the database
+        sql.execute("UPDATE tracker_tasks SET eta_seconds = NULL WHERE task_id = %s", (running,))
+
+
+def _check_strict_json(runner, user: str, running: str, tmp_path) -> None:
+
+    def strict(text: str):
+        def refuse(token: str):
+            raise ValueError(f"output holds {token}, which is not JSON")
+        return json.loads(text, parse_constant=refuse)
+
+    r = runner.invoke(main, ["show", running, "--json"])
+    assert r.exit_code == 0, r.output
+    assert strict(r.output)["eta_seconds"] is None
+    out = tmp_path / "tasks.json"
+    r = runner.invoke(main, ["export", "--user", user, "--format", "json", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    exported = {t["task_id"]: t for t in strict(out.read_text())}
+    assert exported[running]["eta_seconds"] is None and exported[running]["progress"] == 40.0

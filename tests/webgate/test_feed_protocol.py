@@ -116,6 +116,13 @@ async def test_non_finite_values_reach_clients_as_null_not_as_invalid_json(feed_
     tracker.create_task(task, user_id=me)
     tracker.flush()
     sql.execute("UPDATE tracker_tasks SET eta_seconds = 'NaN' WHERE task_id = %s", (task,))
+    try:
+        await _expect_strict_frames(gw, publisher, me, task)
+    finally:  # other tests share the database
+        sql.execute("DELETE FROM tracker_tasks WHERE task_id = %s", (task,))
+
+
+async def _expect_strict_frames(gw, publisher, me: str, task: str) -> None:
     async with ws_connect(gw.url(me)) as ws:
         await ws.send(json.dumps({"op": "subscribe", "topic": f"user:{me}"}))
         snap = strict_json(await asyncio.wait_for(ws.recv(), 10))

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from tracker.cli.root import main, tracker_from_ctx
 from tracker.events import TERMINAL_EVENTS, Event
+from tracker.jsonsafe import dumps as strict_dumps
 from tracker.records import LogRecord, TaskRecord
 from tracker.status import TERMINAL, Status
 from tracker.vocabulary import EVENT_STATUS, OPEN, STATUSES
@@ -73,7 +74,7 @@ def _bad_input(fn: Callable[[], Any]) -> Any:
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, default=str, ensure_ascii=False))
+    click.echo(strict_dumps(value, compact=False))
 
 
 def _filters(f: Callable[..., Any]) -> Callable[..., Any]:

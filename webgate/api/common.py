@@ -17,9 +17,7 @@ import only it (with the models and the replies' schemas), never each other.
 from __future__ import annotations
 
 import asyncio
-import decimal
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from tracker import queries as q
 from tracker.api import task_record
+from tracker.jsonsafe import dumps as strict_dumps
 from tracker.records import TaskRecord
 from webgate.api.models import Query, check_text
 from webgate.core.auth import Principal, authenticate
@@ -154,24 +153,8 @@ class Endpoints(web.RouteTableDef):
 
 
 # -- responses --------------------------------------------------------------------------------------
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: datetimes as ISO 8601, Decimals as floats, NaN/inf (not JSON) as null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, decimal.Decimal):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def dumps(value: Any) -> str:
-    return json.dumps(_clean(value), ensure_ascii=False, separators=(",", ":"), default=str)
+    return strict_dumps(value)
 
 
 def reply(data: Any, status: int = 200) -> web.Response:
