@@ -14,7 +14,7 @@ import math
 from datetime import date, datetime
 from typing import Any
 
-__all__ = ["jsonable", "dumps"]
+__all__ = ["jsonable", "shown", "dumps"]
 
 #: What a container that holds itself becomes (the encoder would otherwise fail on it).
 CYCLE = "[circular]"
@@ -39,6 +39,14 @@ def jsonable(value: Any, _path: frozenset[int] = frozenset()) -> Any:
             return {k if isinstance(k, str) else str(k): jsonable(v, inner) for k, v in value.items()}
         return [jsonable(v, inner) for v in value]
     return value
+
+
+def shown(obj: Any) -> Any:
+    """The encoder's ``default`` for the stream and the store: what a value JSON cannot hold
+    becomes. Dates and Decimals as :func:`jsonable` has them, anything else as its ``repr``."""
+    if isinstance(obj, (datetime, date, decimal.Decimal)):
+        return jsonable(obj)
+    return repr(obj)
 
 
 def dumps(value: Any, *, compact: bool = True) -> str:

@@ -50,3 +50,17 @@ def test_a_stream_entry_holds_strict_json_and_reads_back(bad: float) -> None:
                              b"data": b'{"eta_seconds": NaN, "progress": 5}'})
     frame = strict(dumps(foreign.to_frame()))
     assert frame["ts"] is None and frame["data"] == {"eta_seconds": None, "progress": 5}
+
+
+def test_dates_and_decimals_are_written_the_same_on_both_paths() -> None:
+    # The stream and the store show a datetime in ISO 8601 whether or not the value also holds a
+    # NaN (which sends it through the second, cleaning pass).
+    import decimal
+    from datetime import UTC, datetime
+
+    when = datetime(2026, 12, 4, 19, 0, tzinfo=UTC)
+    fast = strict(dumps({"at": when, "cost": decimal.Decimal("1.5")}))
+    slow = strict(dumps({"at": when, "cost": decimal.Decimal("1.5"), "eta": float("nan")}))
+    assert fast == {"at": "2026-12-04T19:00:00+00:00", "cost": 1.5}
+    assert slow == {**fast, "eta": None}
+    assert strict(dumps({"bad": decimal.Decimal("NaN")})) == {"bad": None}
