@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,14 @@ from tracker.demo.services import PostgresServer, RedisServer, free_port, stop_p
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-of-the-celery-tracking-suite"  # >= 32 bytes, as HS256 wants
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` as a browser's ``JSON.parse`` (or PostgreSQL's ``jsonb``) reads: NaN,
+    Infinity and -Infinity are not JSON."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracker.jsonsafe import jsonable, shown
+from tracker.jsonsafe import strict_encoder
 from tracker.vocabulary import EVENT_TYPES, STATUS_EVENTS, TERMINAL_EVENTS
 
 __all__ = ["SCHEMA_VERSION", "EVENT_TYPES", "TERMINAL_EVENTS", "STATUS_EVENTS", "Event", "encode", "decode", "dumps",
@@ -22,24 +22,10 @@ class RawJSON(str):
     """Text that is already JSON: written to the store as it is, not encoded again."""
 
 
-#: One encoder for every call: ``json.dumps`` with non-default options builds a new
-#: ``JSONEncoder`` per call, which was a third of encoding a small event. ``allow_nan=False``:
-#: NaN and Infinity are not JSON; a browser's ``JSON.parse`` rejects the whole frame that holds one.
-_ENCODE = json.JSONEncoder(separators=(",", ":"), default=shown, ensure_ascii=False, allow_nan=False).encode
-
-
-def dumps(value: Any) -> str:
-    """Compact, strict JSON that never fails on odd objects (:func:`tracker.jsonsafe.shown`: a
-    datetime in ISO 8601, anything else JSON cannot hold with ``repr``): a NaN or infinite float
-    anywhere in ``value`` is written as ``null``.
-
-    The first attempt is the plain C encoder; only a value that holds a non-finite float (or a
-    cycle) pays for the cleaning pass.
-    """
-    try:
-        return _ENCODE(value)
-    except ValueError:
-        return _ENCODE(jsonable(value))
+#: Compact, strict JSON that never fails on odd objects (a datetime in ISO 8601, anything else
+#: JSON cannot hold with ``repr``); a NaN or an infinity is written as ``null``, since a browser's
+#: ``JSON.parse`` rejects the whole frame that holds one.
+dumps = strict_encoder(repr)
 
 
 @dataclass(frozen=True, slots=True)

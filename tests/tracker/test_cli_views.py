@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, strict_json, wait_for
 from tracker.cli import main
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -208,17 +208,11 @@ def test_json_output_stays_strict_with_a_nan_in_the_store(runner, user_tasks, sq
 
 
 def _check_strict_json(runner, user: str, running: str, tmp_path) -> None:
-
-    def strict(text: str):
-        def refuse(token: str):
-            raise ValueError(f"output holds {token}, which is not JSON")
-        return json.loads(text, parse_constant=refuse)
-
     r = runner.invoke(main, ["show", running, "--json"])
     assert r.exit_code == 0, r.output
-    assert strict(r.output)["eta_seconds"] is None
+    assert strict_json(r.output)["eta_seconds"] is None
     out = tmp_path / "tasks.json"
     r = runner.invoke(main, ["export", "--user", user, "--format", "json", "-o", str(out)])
     assert r.exit_code == 0, r.output
-    exported = {t["task_id"]: t for t in strict(out.read_text())}
+    exported = {t["task_id"]: t for t in strict_json(out.read_text())}
     assert exported[running]["eta_seconds"] is None and exported[running]["progress"] == 40.0

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
+from tests.conftest import strict_json as strict
 from tracker.events import Event, decode, dumps, encode
-
-
-def strict(text: str) -> Any:
-    """``json.loads`` as a browser's ``JSON.parse`` reads: NaN, Infinity and -Infinity are errors."""
-    def refuse(token: str) -> Any:
-        raise ValueError(f"not JSON: {token}")
-    return json.loads(text, parse_constant=refuse)
 
 
 def test_non_finite_floats_are_written_as_null_at_any_depth() -> None:

@@ -28,3 +28,5 @@ def test_dumps_is_strict_and_shows_odd_objects_with_str() -> None:
     assert text == '{"loop":{"eta":null,"self":"[circular]"},"o":"odd","name":"é"}'
     assert json.loads(text) == {"loop": {"eta": None, "self": "[circular]"}, "o": "odd", "name": "é"}
     assert dumps([1, 2], compact=False) == "[1, 2]"
+    # A key the encoder refuses (a tuple) goes through the cleaning pass instead of failing.
+    assert dumps({(1, 2): date(2026, 12, 4)}) == '{"(1, 2)":"2026-12-04"}'

@@ -11,7 +11,7 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import SECRET
+from tests.conftest import SECRET, strict_json
 from tests.webgate.conftest import recv, recv_until, token_for, ws_connect
 from webgate.feed.hub import FeedSettings, id_key
 
@@ -98,13 +98,6 @@ async def test_user_topic_gets_own_events_in_order_and_not_others(feed_gateway, 
     assert all(f["type"] == "event" and f["task_id"] == "t-" + me and f["user_id"] == me for f in frames)
     assert [f["data"]["progress"] for f in frames[:-1]] == [float(i) for i in range(20)]
     assert set(frames[0]) == {"type", "id", "event", "task_id", "user_id", "ts", "data"}
-
-
-def strict_json(raw: str | bytes) -> dict:
-    """A frame as a browser's ``JSON.parse`` reads it: NaN and Infinity are not JSON."""
-    def refuse(token: str) -> None:
-        raise ValueError(f"frame holds {token}, which is not JSON")
-    return json.loads(raw, parse_constant=refuse)
 
 
 async def test_non_finite_values_reach_clients_as_null_not_as_invalid_json(feed_gateway, publisher, tracker, sql):

@@ -39,7 +39,7 @@ from webgate.core.db import fetch_one
 from webgate.core.errors import json_error
 from webgate.core.keys import REPORTER
 
-__all__ = ["API", "API_OPERATIONS", "Call", "Endpoints", "Operation", "reply", "no_content", "dumps",
+__all__ = ["API", "API_OPERATIONS", "Call", "Endpoints", "Operation", "reply", "no_content",
            "parse_params", "scope_user", "owned_row", "visible_task", "flush_writes", "Reply", "when", "SchemaError",
            "task_filters", "log_query", "MAX_BUCKETS", "check_range", "plotly_layout"]
 
@@ -153,12 +153,8 @@ class Endpoints(web.RouteTableDef):
 
 
 # -- responses --------------------------------------------------------------------------------------
-def dumps(value: Any) -> str:
-    return strict_dumps(value)
-
-
 def reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=dumps(data), status=status, content_type="application/json")
+    return web.Response(text=strict_dumps(data), status=status, content_type="application/json")
 
 
 def no_content() -> web.Response:
