@@ -389,7 +389,9 @@
     if (button) button.disabled = true;
     try {
       const res = await api("POST", `/tasks/${encodeURIComponent(id)}/${action}`, action === "cancel" ? {} : undefined);
-      if (res && res.task) upsert(id, res.task, true);
+      // The reply's task is a stored row (read after the request), not a live event: the feed's
+      // task.cancelled can arrive first, and a "running" row must not roll it back.
+      if (res && res.task) upsert(id, res.task, false);
       renderRow(id);
       if (state.selected === id) renderDetailState(state.tasks.get(id));
       toast(`${action[0].toUpperCase() + action.slice(1)} requested for ${t.name || id}`);
