@@ -33,6 +33,7 @@ from tracker.writes import (
     MEDIAN_RUNTIME,
     METRIC_COPY,
     PROGRESS_INSERT,
+    SET_CONFIG,
     TASK_COLUMNS,
     TASK_FIELDS,
     TASK_INSERT,
@@ -40,9 +41,10 @@ from tracker.writes import (
     WORKER_NODE_BEAT,
     WORKER_PROCESS_COLUMNS,
     WORKER_PROCESS_UPSERT,
+    WRITER_SETTINGS,
 )
 
-__all__ = ["Recorder", "TASK_FIELDS"]
+__all__ = ["Recorder", "TASK_FIELDS", "connect_writer"]
 
 logger = logging.getLogger("tracker.recorder")
 
@@ -109,20 +111,24 @@ def _write_tasks(cur: psycopg.Cursor[Any], tasks: dict[str, dict[str, Any]]) -> 
     A producer's batch (its first state is a publisher's pending, ``status_ts`` 0) creates rows:
     INSERT first, UPDATE what existed. A row another writer created between the two statements
     is updated last (``ON CONFLICT`` waited for that writer's commit), so nothing is lost.
+
+    Every writer takes its rows in ``task_id`` order, and commits what one statement wrote before
+    the next one runs. Otherwise a producer holding the rows it had just inserted while updating
+    one a worker held, and that worker inserting one of those rows while holding the other,
+    waited for each other until PostgreSQL's deadlock timeout (a second) broke the tie by
+    failing one batch, which then waited for its retry. Each statement is idempotent (a merge
+    by source timestamp), so a batch that fails after the first commit is simply written again.
     """
-    ids = list(tasks)
-    rows = _task_rows(ids, tasks)
-    first = tasks[ids[0]]
-    if first.get("status_ts") == 0.0 and first.get("published_at") is not None:
-        rest = _apply(cur, _INSERT, rows)
-        if rest is not None:
-            _apply(cur, _UPDATE, rest)
-        return
-    rest = _apply(cur, _UPDATE, rows)
-    if rest is not None:
-        rest = _apply(cur, _INSERT, rest)
-        if rest is not None:
-            _apply(cur, _UPDATE, rest)
+    first = next(iter(tasks.values()))
+    ids = sorted(tasks)
+    rows: list[dict[str, Any]] | None = _task_rows(ids, tasks)
+    creates = first.get("status_ts") == 0.0 and first.get("published_at") is not None
+    for n, statement in enumerate((_INSERT, _UPDATE) if creates else (_UPDATE, _INSERT, _UPDATE)):
+        if rows is None:
+            return
+        if n:
+            cur.connection.commit()
+        rows = _apply(cur, statement, rows)
 
 
 class Float8Array(list[float]):
@@ -191,6 +197,22 @@ def merge_task_state(into: dict[str, Any], update: dict[str, Any]) -> None:
             into["metadata"] = {**into["metadata"], **value}
         else:
             into[key] = value
+
+
+def connect_writer(dsn: str) -> psycopg.Connection[Any]:
+    """A connection for the write path: not in autocommit (a flush is one transaction), the
+    binary float-array dumper, and planner settings under which every cached plan finds rows by
+    key whatever the table's statistics were when it was made (:data:`tracker.writes.WRITER_SETTINGS`)."""
+    conn = psycopg.connect(dsn, autocommit=False, connect_timeout=3)
+    try:
+        conn.adapters.register_dumper(Float8Array, _Float8ArrayDumper)
+        for name, value in WRITER_SETTINGS:
+            conn.execute(SET_CONFIG.sql, (name, value))
+        conn.commit()  # at once: a batch rolled back later must not take the settings with it
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class Recorder(BackgroundWriter):
@@ -419,8 +441,7 @@ class Recorder(BackgroundWriter):
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=3)
-            self._conn.adapters.register_dumper(Float8Array, _Float8ArrayDumper)
+            self._conn = connect_writer(self.dsn)
         return self._conn
 
     def _flush_once(self) -> None:

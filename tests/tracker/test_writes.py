@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Column, DateTime, Integer, MetaData, Table, Text, bindparam, select
 from sqlalchemy.dialects.postgresql import JSONB
 
 from tracker import writes
+from tracker.config import psycopg_url as psycopg_url_of
 from tracker.models import Metric, Task, TaskLog, WorkerProcess
 from tracker.recorder import Recorder
 
@@ -163,3 +166,120 @@ def test_a_non_finite_float_in_a_log_or_metric_does_not_cost_its_batch(sql: Any,
     labels = sql.execute("SELECT labels FROM tracker_metrics WHERE name = %s ORDER BY value",
                          (f"nan.metric.{tag}",)).fetchall()
     assert [r[0] for r in labels] == [{"limit": None, "i": i} for i in range(5)]
+
+
+def _plan(conn: Any, statement: str, rows: list[dict[str, Any]]) -> str:
+    """The plan psycopg's prepared ``statement`` runs with on ``conn`` (its cached plan once generic)."""
+    name = conn.execute("SELECT name FROM pg_prepared_statements WHERE statement = %s",
+                        (statement.replace("%s", "$1"),)).fetchone()
+    assert name is not None, "the statement was not prepared"
+    text = json.dumps(rows).replace("'", "''")
+    return "\n".join(r[0] for r in conn.execute(f"EXPLAIN EXECUTE {name[0]}('{text}')").fetchall())
+
+
+@pytest.mark.parametrize("settings", [True, False], ids=["writer", "plain"])
+def test_the_cached_task_update_probes_the_key_after_the_table_grew(database_url: str, settings: bool) -> None:
+    # psycopg prepares a statement from its fifth run and PostgreSQL keeps the generic plan it made
+    # then. Made on a small table, that plan scanned all of tracker_tasks for every batch once the
+    # table had grown; on the writer's connection the cached plan probes the key whatever its size.
+    # The plain connection shows the trap the writer's settings avoid.
+    import psycopg
+
+    from tracker.config import psycopg_url
+    from tracker.demo.services import ensure_database
+    from tracker.migrate import upgrade
+    from tracker.recorder import _task_rows, _write_tasks, connect_writer
+
+    base = psycopg_url(database_url)
+    name = f"plan_{uuid.uuid4().hex[:10]}"
+    ensure_database(base, name)
+    url = base.rsplit("/", 1)[0] + "/" + name
+    try:
+        upgrade(url)
+        conn = connect_writer(url) if settings else psycopg.connect(url)
+        with conn:
+            for batch in range(8):  # the UPDATE runs often enough to be prepared, on a near-empty table
+                ids = [f"{batch}-{i}" for i in range(5)]
+                with conn.cursor() as cur:
+                    _write_tasks(cur, {t: {"status": "pending", "status_ts": 0.0, "published_at": 1.0} for t in ids})
+                    _write_tasks(cur, {t: {"status": "completed", "status_ts": 2.0, "finished_at": 2.0} for t in ids})
+                conn.commit()
+            conn.execute("INSERT INTO tracker_tasks (task_id) SELECT 'grown-' || g FROM generate_series(1, 30000) g")
+            conn.commit()
+            plan = _plan(conn, writes.TASK_UPDATE.sql,
+                         _task_rows(["grown-7"], {"grown-7": {"status": "running", "status_ts": 3.0}}))
+    finally:
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    scans_table = "Seq Scan on tracker_tasks" in plan
+    assert scans_table is not settings, plan
+    if settings:
+        assert "Index Scan using tracker_tasks_pkey" in plan, plan
+
+
+def test_a_producer_and_a_worker_writing_the_same_rows_do_not_deadlock(database_url: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The interleaving that deadlocked: a worker's batch updates a row the producer created before
+    # (and holds it); the producer's batch inserts a row of that worker's batch, then waits on the
+    # row the worker holds; the worker goes on to insert the row the producer holds. Each writer
+    # now commits what one statement wrote before its next: no writer waits while holding rows.
+    import threading
+
+    from tracker import recorder
+    from tracker.recorder import _write_tasks, connect_writer
+
+    tag = uuid.uuid4().hex
+    new, old = f"dl-1-{tag}", f"dl-2-{tag}"  # writers take rows in task_id order: new before old
+    paused = {name: threading.Event() for name in ("worker", "producer")}
+    go = {name: threading.Event() for name in ("worker", "producer")}
+    real_apply = recorder._apply
+    calls: dict[str, int] = {}
+
+    def apply(cur: Any, statement: str, rows: list[dict[str, Any]]) -> Any:
+        name = threading.current_thread().name
+        rest = real_apply(cur, statement, rows)
+        calls[name] = calls.get(name, 0) + 1
+        if name in paused and calls[name] == 1:  # hold here, after the writer's first statement
+            paused[name].set()
+            assert go[name].wait(10)
+        return rest
+
+    monkeypatch.setattr(recorder, "_apply", apply)
+    url = psycopg_url_of(database_url)
+    with connect_writer(url) as setup:
+        with setup.cursor() as cur:
+            _write_tasks(cur, {old: {"status": "pending", "status_ts": 0.0, "published_at": 1.0, "queue": "q"}})
+        setup.commit()
+    errors: list[BaseException] = []
+
+    def write(tasks: dict[str, dict[str, Any]]) -> None:
+        try:
+            with connect_writer(url) as conn:
+                conn.execute("SET deadlock_timeout = '100ms'")  # a deadlock shows at once
+                with conn.cursor() as cur:
+                    _write_tasks(cur, tasks)
+                conn.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    done = {"status": "completed", "status_ts": 5.0, "finished_at": 5.0, "worker": "w1"}
+    worker = threading.Thread(target=write, name="worker", args=({old: dict(done), new: dict(done)},))
+    producer = threading.Thread(target=write, name="producer", args=({
+        old: {"status": "pending", "status_ts": 0.0, "published_at": 1.0, "queue": "q"},
+        new: {"status": "pending", "status_ts": 0.0, "published_at": 2.0, "queue": "q"}},))
+    worker.start()
+    assert paused["worker"].wait(10)  # the worker updated old (new did not exist yet)
+    producer.start()  # inserts new, then waits for old
+    time.sleep(0.3)
+    go["worker"].set()  # the worker goes on to insert new
+    paused["producer"].wait(10)
+    time.sleep(0.3)
+    go["producer"].set()
+    worker.join(15)
+    producer.join(15)
+    assert not worker.is_alive() and not producer.is_alive()
+    assert errors == []
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT task_id, status, queue, worker, extract(epoch FROM published_at) "
+                            "FROM tracker_tasks WHERE task_id = ANY(%s) ORDER BY task_id", ([new, old],)).fetchall()
+    assert rows == [(new, "completed", "q", "w1", 2), (old, "completed", "q", "w1", 1)]
