@@ -57,3 +57,33 @@ def test_dates_and_decimals_are_written_the_same_on_both_paths() -> None:
     assert fast == {"at": "2026-12-04T19:00:00+00:00", "cost": 1.5}
     assert slow == {**fast, "eta": None}
     assert strict(dumps({"bad": decimal.Decimal("NaN")})) == {"bad": None}
+
+
+def _flat(fields: dict[str, str]) -> list[bytes]:
+    """An entry as a raw XREAD reply holds it: [name, value, ...] as bytes."""
+    return [part.encode() for pair in fields.items() for part in pair]
+
+
+def test_a_flat_entry_reads_the_same_as_its_fields_by_key() -> None:
+    # The feed reads XREAD's raw reply: an entry in the bus's own layout by position, any other
+    # layout (another writer, a field more or fewer) by key, with the same result.
+    event = Event("task.started", "t-1", "u-1", 1234.5, {"group_id": "g", "n": 1})
+    fields = encode(event)
+    by_key = decode(b"1-0", {k.encode(): v.encode() for k, v in fields.items()})
+    assert decode(b"1-0", _flat(fields)) == by_key == Event(**{**vars_of(event), "id": "1-0"})
+    reordered = dict(reversed(list(fields.items())))
+    assert decode("1-0", _flat(reordered)) == by_key
+    foreign = {"type": "notification", "data": '{"title": "x"}', "extra": "1"}
+    assert decode("2-0", _flat(foreign)) == Event("notification", None, None, 0.0, {"title": "x"}, id="2-0")
+    # Routing without data: the fast path leaves data unparsed when asked to.
+    assert decode("1-0", _flat(fields), wants_data=lambda t, d: False).data == {}
+
+
+@pytest.mark.parametrize("fields", [None, [b"v", b"1", b"type"]], ids=["deleted", "odd"])
+def test_a_malformed_flat_entry_is_a_value_error(fields: Any) -> None:
+    with pytest.raises(ValueError):
+        decode("3-0", fields)
+
+
+def vars_of(event: Event) -> dict[str, Any]:
+    return {f: getattr(event, f) for f in ("type", "task_id", "user_id", "ts", "data")}

@@ -55,6 +55,19 @@ def _decode_all(entries: list[Any], wants_data: Callable[[str, str], bool] | Non
     return events, last
 
 
+def _raw_reply(response: Any, **_: Any) -> Any:
+    return response
+
+
+def _streams(resp: Any) -> list[tuple[Any, list[Any]]]:
+    """``(stream, entries)`` of a raw ``XREAD`` reply: a list of pairs (RESP2) or a map (RESP3)."""
+    if not resp:
+        return []
+    if isinstance(resp, dict):
+        return list(resp.items())
+    return [(pair[0], pair[1]) for pair in resp]
+
+
 class StreamReader:
     """``XREAD BLOCK`` loop feeding a :class:`Hub`, with reconnect and backoff."""
 
@@ -72,8 +85,13 @@ class StreamReader:
 
     def _new_client(self) -> aioredis.Redis:
         # Its own connection: a blocked XREAD must not hold one the request handlers need.
-        return aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=2,
-                                       socket_timeout=self.block_ms / 1000 + 10)
+        client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=2,
+                                         socket_timeout=self.block_ms / 1000 + 10)
+        # The reply as the parser gives it (streams of [id, [name, value, ...]] entries): decode()
+        # reads a flat entry by position, where redis-py's own reply callback built a dict of every
+        # entry's fields first (a third of this reader's time per entry).
+        client.set_response_callback("XREAD", _raw_reply)
+        return client
 
     async def start(self) -> None:
         """Position the reader at the stream's end (or at "now" while Redis is unreachable)."""
@@ -119,7 +137,7 @@ class StreamReader:
             self.connected = True
             delay = 0.05
             read = 0
-            for _name, entries in resp or ():
+            for _name, entries in _streams(resp):
                 read += len(entries)
                 # Nobody subscribed: route without parsing data no one reads (no await between
                 # this and route(), so no subscriber can arrive in between).
