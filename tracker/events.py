@@ -80,17 +80,11 @@ def _field(fields: dict[Any, Any], name: str, raw: bytes) -> str:
     value = fields.get(raw)
     if value is None:
         value = fields.get(name)
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return "" if value is None else _s(value)
 
 
 #: The field names of an entry in the order :func:`entry_fields` writes them (as Redis returns them).
 _LAYOUT = tuple(name.encode() for name in entry_fields(Event("", None, None, 0.0))[::2])
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else ("" if value is None else str(value))
 
 
 def decode(entry_id: Any, fields: dict[Any, Any] | list[Any], *,
@@ -107,8 +101,8 @@ def decode(entry_id: Any, fields: dict[Any, Any] | list[Any], *,
         raise ValueError("stream entry without fields")
     if isinstance(fields, (list, tuple)):
         if len(fields) == 12 and tuple(fields[::2]) == _LAYOUT:
-            event_type, task_id, user_id, ts, data_text = (_text(fields[3]), _text(fields[5]), _text(fields[7]),
-                                                            _text(fields[9]), _text(fields[11]))
+            event_type, task_id, user_id, ts, data_text = (_s(fields[3]), _s(fields[5]), _s(fields[7]),
+                                                            _s(fields[9]), _s(fields[11]))
         else:
             fields = dict(zip(fields[::2], fields[1::2], strict=True))
     if isinstance(fields, dict):

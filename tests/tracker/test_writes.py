@@ -183,14 +183,11 @@ def test_the_cached_task_update_probes_the_key_after_the_table_grew(database_url
     # then. Made on a small table, that plan scanned all of tracker_tasks for every batch once the
     # table had grown; on the writer's connection the cached plan probes the key whatever its size.
     # The plain connection shows the trap the writer's settings avoid.
-    import psycopg
-
-    from tracker.config import psycopg_url
     from tracker.demo.services import ensure_database
     from tracker.migrate import upgrade
     from tracker.recorder import _task_rows, _write_tasks, connect_writer
 
-    base = psycopg_url(database_url)
+    base = psycopg_url_of(database_url)
     name = f"plan_{uuid.uuid4().hex[:10]}"
     ensure_database(base, name)
     url = base.rsplit("/", 1)[0] + "/" + name
